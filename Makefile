@@ -1,0 +1,65 @@
+# bpfpm front door: every target is a thin call into the `bpfpm` CLI.
+# `make help` lists them. Variables: KERNEL_SRC=/path (your own tree),
+# DEBUG=1 (debug kernel), T=<pytest selector> (tests to run), ARGS=...
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+BPFPM   := $(VENV)/bin/bpfpm
+STAMP   := $(VENV)/.bpfpm-setup
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: help setup kernel pms shell demo test test-fast vmtest bench-framework \
+        kselftest bisect clean-results
+
+help:
+	@echo "make setup            install Debian packages + Python venv (idempotent)"
+	@echo "make kernel           build the patched 6.12 guest kernel (cached)"
+	@echo "make pms              build the BPF path managers against that kernel"
+	@echo "make shell            boot the guest and open an interactive shell"
+	@echo "make demo             build, boot, run a two-link MPTCP transfer, print subflows"
+	@echo "make test             unit tests + VM scenarios (JUnit in results/latest/)"
+	@echo "make test-fast        unit tests only (no VM)"
+	@echo "make vmtest T=expr    VM scenarios matching a pytest -k expression"
+	@echo "make bench-framework  measure build/boot/command speed targets"
+	@echo "make bisect GOOD=.. BAD=.. T=..   git bisect run over KERNEL_SRC"
+
+$(STAMP): pyproject.toml scripts/setup-host.sh
+	bash scripts/setup-host.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+setup: $(STAMP)
+	@bash scripts/setup-host.sh
+	@echo "setup: ok ($(VENV))"
+
+kernel: setup
+	$(BPFPM) kernel build
+
+pms: setup
+	$(BPFPM) pms build
+
+shell: setup
+	$(BPFPM) shell
+
+demo: setup
+	$(BPFPM) demo
+
+test: setup
+	$(BPFPM) test $(ARGS)
+
+test-fast: setup
+	$(PY) -m pytest tests $(ARGS)
+
+vmtest: setup
+	$(BPFPM) test -k "$(T)" vmtests $(ARGS)
+
+bench-framework: setup
+	$(BPFPM) bench-framework
+
+bisect: setup
+	$(BPFPM) bisect --good "$(GOOD)" --bad "$(BAD)" -- $(T)
+
+clean-results:
+	rm -rf results

@@ -1,0 +1,161 @@
+"""bpfpm command line: a thin front end over the modules.
+
+Every subcommand returns an exit code: 0 success, 1 failure (explained on
+stderr), 2 usage error, 3 the guest crashed or never came up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+
+from . import log
+from .errors import BpfpmError
+
+EPILOG = """\
+environment:
+  KERNEL_SRC=/path   build your own kernel tree (left untouched; built out of tree)
+  BPFPM_PATCHES=none do not apply kernel/patches/6.12/series
+  DEBUG=1            debug kernel (KASAN, lockdep, kmemleak, ...)
+  BPFPM_ACCEL=kvm|tcg  force the QEMU accelerator (default: detected)
+  BPFPM_CACHE=dir    build cache (default ~/.cache/bpfpm)
+  BPFPM_RESULTS=dir  where run directories go (default ./results)
+"""
+
+
+def cmd_kernel(a) -> int:
+    from . import build
+    if a.action == "build":
+        kb = build.build(debug=a.debug or None)
+        print(kb.bzimage)
+        return 0
+    if a.action == "info":
+        kb = build.build(debug=a.debug or None)
+        for k, v in kb.info.items():
+            print(f"{k}: {v}")
+        print(f"bzImage: {kb.bzimage}\nvmlinux: {kb.vmlinux}\nbuild_dir: {kb.build_dir}")
+        return 0
+    return 2
+
+
+def _boot(a, label: str):
+    from . import build, results
+    from .vm import VM
+    kb = build.build(debug=getattr(a, "debug", False) or None)
+    run = results.new_run(label)
+    vm = VM(kb, run, name="guest")
+    if getattr(a, "dry_run", False):
+        print(shlex.join(vm.argv()))
+        return None
+    log.step(f"booting {kb.release}; console log {vm.console_log}")
+    return vm.start()
+
+
+def cmd_shell(a) -> int:
+    from .vm import SSH_KEY
+    vm = _boot(a, "shell")
+    if vm is None:
+        return 0
+    try:
+        log.step(f"guest up in {vm.boot_seconds:.1f}s; exit the shell to power it off")
+        argv = ["ssh", "-i", str(SSH_KEY), "-p", str(vm.port), "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@127.0.0.1"]
+        if a.command:
+            argv.append(" ".join(a.command))
+        return subprocess.call(argv)
+    finally:
+        vm.stop()
+
+
+def cmd_run(a) -> int:
+    vm = _boot(a, "run")
+    if vm is None:
+        return 0
+    try:
+        res = vm.run(" ".join(a.command), timeout=a.timeout, check=False)
+        sys.stdout.write(res.stdout)
+        sys.stderr.write(res.stderr)
+        return res.rc
+    finally:
+        vm.stop()
+
+
+def cmd_demo(a) -> int:
+    from . import demo
+    return demo.main(a)
+
+
+def cmd_test(a) -> int:
+    from . import results
+    run = results.new_run("test")
+    env = dict(os.environ, BPFPM_RUN_DIR=str(run))
+    argv = [sys.executable, "-m", "pytest", f"--junitxml={run / 'junit.xml'}",
+            "-o", "junit_family=xunit2", *a.pytest_args]
+    log.step(f"results: {run} (results/latest)")
+    with open(run / "pytest.cmdline", "w") as f:
+        f.write(shlex.join(argv) + "\n")
+    return subprocess.call(argv, env=env, stdin=subprocess.DEVNULL)
+
+
+def cmd_bench_framework(a) -> int:
+    from . import benchfw
+    return benchfw.main(a)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bpfpm", description="Build an MPTCP/BPF kernel, boot it with virtme-ng, "
+        "and run path-manager scenarios in it.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    k = sub.add_parser("kernel", help="build the guest kernel or show what is cached")
+    k.add_argument("action", choices=("build", "info"))
+    k.add_argument("--debug", action="store_true", help="debug config (same as DEBUG=1)")
+    k.set_defaults(fn=cmd_kernel)
+
+    s = sub.add_parser("shell", help="boot the guest and open an interactive shell")
+    s.add_argument("--dry-run", action="store_true", help="print the vng command line")
+    s.add_argument("--debug", action="store_true")
+    s.add_argument("command", nargs="*", help="run this instead of a login shell")
+    s.set_defaults(fn=cmd_shell)
+
+    r = sub.add_parser("run", help="boot the guest, run one command, power off")
+    r.add_argument("--dry-run", action="store_true")
+    r.add_argument("--timeout", type=float, default=600)
+    r.add_argument("--debug", action="store_true")
+    r.add_argument("command", nargs="+")
+    r.set_defaults(fn=cmd_run)
+
+    d = sub.add_parser("demo", help="two-link MPTCP transfer; per-connection subflow table")
+    d.add_argument("--pm", default="auto", help="path manager: kernel, or a BPF PM name")
+    d.add_argument("--bytes", type=int, default=32 << 20)
+    d.set_defaults(fn=cmd_demo)
+
+    t = sub.add_parser("test", help="run pytest (unit tests + VM scenarios) into results/")
+    t.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    t.set_defaults(fn=cmd_test)
+
+    b = sub.add_parser("bench-framework", help="measure the framework's speed targets")
+    b.add_argument("--cold", action="store_true", help="also time a cold kernel build")
+    b.set_defaults(fn=cmd_bench_framework)
+    return p
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
+    try:
+        return a.fn(a)
+    except BpfpmError as e:
+        log.error(str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

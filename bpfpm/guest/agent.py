@@ -1,0 +1,225 @@
+"""Guest agent: JSON-lines RPC on stdin/stdout, one process per VM.
+
+Starting Python under TCG costs about a second, so the host keeps one
+agent alive and sends it requests: {"id": n, "op": "topo.create", "args":
+{...}} -> {"id": n, "ok": true, "result": ...} or {"ok": false, "error":
+"...", "type": "NetlinkError", "errno": 17}.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from ..topology import TopoSpec
+from . import mptcp, netns
+
+WORK = Path(os.environ.get("BPFPM_GUEST_WORK", "/tmp/bpfpm"))
+
+
+class Procs:
+    """Background processes (transfers, monitors) started for the host."""
+
+    def __init__(self):
+        self.ids = itertools.count(1)
+        self.procs: dict[int, dict] = {}
+
+    def start(self, ns: str | None, argv: list[str], kind: str, files: dict) -> int:
+        h = next(self.ids)
+        d = WORK / f"p{h}"
+        d.mkdir(parents=True, exist_ok=True)
+        files = {k: str(d / v) for k, v in files.items()}
+        argv = [a.format(**files) for a in argv]
+        if ns:
+            argv = ["ip", "netns", "exec", ns, *argv]
+        out = open(d / "stdout", "wb")
+        err = open(d / "stderr", "wb")
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                             start_new_session=True)
+        self.procs[h] = {"p": p, "dir": d, "kind": kind, "files": files, "argv": argv}
+        return h
+
+    def get(self, h: int) -> dict:
+        if h not in self.procs:
+            raise KeyError(f"no background process {h}")
+        return self.procs[h]
+
+    def wait(self, h: int, timeout: float) -> dict:
+        e = self.get(h)
+        try:
+            rc = e["p"].wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(h)
+            raise TimeoutError(f"{e['kind']} {h} still running after {timeout}s: "
+                               f"{' '.join(e['argv'])}")
+        return self.result(h, rc)
+
+    def result(self, h: int, rc: int | None) -> dict:
+        e = self.get(h)
+        rep = None
+        path = e["files"].get("report")
+        if path and os.path.exists(path):
+            with open(path) as f:
+                rep = json.load(f)
+        return {"rc": rc, "report": rep,
+                "stdout": (e["dir"] / "stdout").read_text(errors="replace")[-20000:],
+                "stderr": (e["dir"] / "stderr").read_text(errors="replace")[-4000:]}
+
+    def kill(self, h: int) -> dict:
+        e = self.get(h)
+        if e["p"].poll() is None:
+            os.killpg(e["p"].pid, signal.SIGTERM)
+            try:
+                e["p"].wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                os.killpg(e["p"].pid, signal.SIGKILL)
+                e["p"].wait()
+        return self.result(h, e["p"].returncode)
+
+    def kill_all(self) -> None:
+        for h in list(self.procs):
+            self.kill(h)
+            shutil.rmtree(self.procs.pop(h)["dir"], ignore_errors=True)
+
+
+PROCS = Procs()
+PY = [sys.executable, "-m"]
+
+
+def _wait_file(path: str, timeout: float, proc: dict) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if proc["p"].poll() is not None:
+            raise RuntimeError(f"{proc['kind']} exited early: "
+                               f"{(proc['dir'] / 'stderr').read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{proc['kind']} not ready after {timeout}s")
+        time.sleep(0.02)
+
+
+# --- operations -------------------------------------------------------------
+
+def op_ping() -> str:
+    return "pong"
+
+
+def op_topo_create(spec: dict) -> dict:
+    return netns.create(TopoSpec.from_dict(spec))
+
+
+def op_topo_destroy(spec: dict) -> None:
+    PROCS.kill_all()
+    netns.destroy(TopoSpec.from_dict(spec))
+
+
+def op_topo_link(spec: dict, link: int, up: bool) -> None:
+    netns.link_set(TopoSpec.from_dict(spec), link, up)
+
+
+def op_topo_addr(spec: dict, side: str, link: int, family: int, add: bool) -> None:
+    netns.addr_change(TopoSpec.from_dict(spec), side, link, family, add)
+
+
+def op_sysctl(ns: str, key: str, value=None) -> str:
+    return netns.sysctl(ns, key, None if value is None else str(value))
+
+
+def op_mptcp_limits(ns: str, **kw) -> dict:
+    return mptcp.limits(ns, **kw)
+
+
+def op_mptcp_endpoint_add(ns: str, **kw) -> None:
+    mptcp.endpoint_add(ns, **kw)
+
+
+def op_mptcp_endpoint_del(ns: str, id: int) -> None:
+    mptcp.endpoint_del(ns, id)
+
+
+def op_mptcp_endpoints(ns: str) -> list:
+    return mptcp.endpoints(ns)
+
+
+def op_monitor_start(ns: str) -> int:
+    h = PROCS.start(ns, ["ip", "mptcp", "monitor"], "monitor", {})
+    time.sleep(0.05)  # the socket is bound almost at once; events before are lost
+    return h
+
+
+def op_monitor_events(handle: int) -> list:
+    e = PROCS.get(handle)
+    return mptcp.parse_monitor((e["dir"] / "stdout").read_text(errors="replace"))
+
+
+def op_xfer_server(ns: str, port: int, family: int = 4, proto: str = "mptcp",
+                   count: int = 1) -> int:
+    h = PROCS.start(ns, [*PY, "bpfpm.guest.xfer", "server", "--port", str(port),
+                         "--family", str(family), "--proto", proto, "--count", str(count),
+                         "--report", "{report}"], "xfer-server", {"report": "report.json"})
+    _wait_file(PROCS.get(h)["files"]["report"] + ".ready", 60, PROCS.get(h))
+    return h
+
+
+def op_xfer_client(ns: str, addr: str, port: int, nbytes: int = 8 << 20, seed: int = 1,
+                   proto: str = "mptcp", bind: str | None = None) -> int:
+    argv = [*PY, "bpfpm.guest.xfer", "client", "--addr", addr, "--port", str(port),
+            "--bytes", str(nbytes), "--seed", str(seed), "--proto", proto,
+            "--report", "{report}", "--progress", "{progress}"]
+    if bind:
+        argv += ["--bind", bind]
+    return PROCS.start(ns, argv, "xfer-client",
+                       {"report": "report.json", "progress": "progress"})
+
+
+def op_xfer_progress(handle: int) -> list:
+    e = PROCS.get(handle)
+    try:
+        sent, total = open(e["files"]["progress"]).read().split()
+        return [int(sent), int(total), e["p"].poll()]
+    except (OSError, ValueError):
+        return [0, 0, e["p"].poll()]
+
+
+def op_proc_wait(handle: int, timeout: float = 120) -> dict:
+    return PROCS.wait(handle, timeout)
+
+
+def op_proc_kill(handle: int) -> dict:
+    return PROCS.kill(handle)
+
+
+OPS = {name[3:].replace("_", ".", 1): fn for name, fn in globals().items()
+       if name.startswith("op_")}
+
+
+def serve(inp=sys.stdin, out=sys.stdout) -> None:
+    WORK.mkdir(parents=True, exist_ok=True)
+    out.write(json.dumps({"ready": True, "ops": sorted(OPS)}) + "\n")
+    out.flush()
+    for line in inp:
+        if not line.strip():
+            continue
+        req = json.loads(line)
+        resp = {"id": req.get("id")}
+        try:
+            fn = OPS[req["op"]]
+            resp.update(ok=True, result=fn(**req.get("args", {})))
+        except Exception as e:  # every failure goes back to the host, named
+            resp.update(ok=False, type=type(e).__name__, error=str(e),
+                        errno=getattr(e, "code", None) or getattr(e, "errno", None),
+                        trace=traceback.format_exc()[-3000:])
+        out.write(json.dumps(resp) + "\n")
+        out.flush()
+    PROCS.kill_all()
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,95 @@
+"""MPTCP path-manager configuration in a netns: endpoints, limits, events.
+
+Endpoints and limits go through pyroute2's MPTCP generic-netlink socket,
+opened inside the netns. pyroute2 has no MPTCP event listener, so events
+come from iproute2's `ip mptcp monitor`, whose output is parsed here.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+
+from pyroute2 import MPTCP
+
+from .netns import inside
+
+FLAGS = {"signal": 0x1, "subflow": 0x2, "backup": 0x4, "fullmesh": 0x8}
+
+
+def _nl(ns: str) -> MPTCP:
+    with inside(ns):
+        return MPTCP()
+
+
+def limits(ns: str, subflows: int | None = None, add_addr_accepted: int | None = None) -> dict:
+    with _nl(ns) as m:
+        kw = {}
+        if subflows is not None:
+            kw["subflows"] = subflows
+        if add_addr_accepted is not None:
+            kw["add_addr_accepted"] = add_addr_accepted
+        if kw:
+            m.limits("set", **kw)
+        msg = m.limits("show")[0]
+        return {"subflows": msg.get_attr("MPTCP_PM_ATTR_SUBFLOWS"),
+                "add_addr_accepted": msg.get_attr("MPTCP_PM_ATTR_RCV_ADD_ADDRS")}
+
+
+def endpoint_add(ns: str, addr: str, flags: list[str], id: int | None = None,
+                 ifindex: int | None = None, port: int | None = None) -> None:
+    kw: dict = {"flags": sum(FLAGS[f] for f in flags)}
+    kw["addr6" if ":" in addr else "addr4"] = addr
+    if id is not None:
+        kw["id"] = id
+    if port is not None:
+        kw["port"] = port
+    if ifindex is not None:
+        kw["if_idx"] = ifindex
+    with _nl(ns) as m:
+        m.endpoint("add", **kw)
+
+
+def endpoint_del(ns: str, id: int) -> None:
+    with _nl(ns) as m:
+        m.endpoint("del", id=id)
+
+
+def endpoints(ns: str) -> list[dict]:
+    out = []
+    with _nl(ns) as m:
+        for msg in m.endpoint("show"):
+            a = msg.get_attr("MPTCP_PM_ATTR_ADDR")
+            if a is None:
+                continue
+            fam = a.get_attr("MPTCP_PM_ADDR_ATTR_FAMILY")
+            addr = a.get_attr("MPTCP_PM_ADDR_ATTR_ADDR4" if fam == socket.AF_INET
+                              else "MPTCP_PM_ADDR_ATTR_ADDR6")
+            fl = a.get_attr("MPTCP_PM_ADDR_ATTR_FLAGS") or 0
+            out.append({"id": a.get_attr("MPTCP_PM_ADDR_ATTR_ID"), "addr": addr,
+                        "flags": [k for k, v in FLAGS.items() if fl & v]})
+    return out
+
+
+def flush(ns: str) -> None:
+    with _nl(ns) as m:
+        m.endpoint("flush")
+
+
+_EVENT = re.compile(r"^\[\s*([A-Z_]+)\]\s*(.*)$")
+
+
+def parse_monitor(text: str) -> list[dict]:
+    """`ip mptcp monitor` lines -> [{'event': 'ANNOUNCED', 'token': ..., ...}]."""
+    events = []
+    for line in text.splitlines():
+        m = _EVENT.match(line.strip())
+        if not m:
+            continue
+        ev = {"event": m.group(1)}
+        for kv in m.group(2).split():
+            if "=" in kv:
+                k, v = kv.split("=", 1)
+                ev[k] = v
+        events.append(ev)
+    return events

@@ -1,0 +1,126 @@
+"""Build and tear down a TopoSpec in the guest with pyroute2."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ..topology import TopoSpec
+
+SYSCTLS = {
+    "net/ipv4/conf/all/rp_filter": "0",
+    "net/ipv4/conf/default/rp_filter": "0",
+    "net/ipv6/conf/all/accept_dad": "0",
+    "net/ipv6/conf/default/accept_dad": "0",
+    "net/ipv4/tcp_no_metrics_save": "1",
+}
+
+
+@contextlib.contextmanager
+def inside(ns: str):
+    """Run the block with this thread in netns `ns` (sockets opened here stay there)."""
+    netns.pushns(ns)
+    try:
+        yield
+    finally:
+        netns.popns()
+
+
+def sysctl(ns: str, key: str, value: str | None = None) -> str:
+    with inside(ns):
+        path = "/proc/sys/" + key.replace(".", "/") if "/" not in key else "/proc/sys/" + key
+        if value is not None:
+            with open(path, "w") as f:
+                f.write(str(value))
+        with open(path) as f:
+            return f.read().strip()
+
+
+def _remove_ns(name: str) -> None:
+    try:
+        netns.remove(name)
+    except OSError as e:
+        if e.errno not in (errno.ENOENT,):
+            raise
+
+
+def create(spec: TopoSpec) -> dict:
+    for ns in (spec.client_ns, spec.server_ns):
+        if ns in netns.listnetns():
+            _remove_ns(ns)
+        netns.create(ns)
+        with inside(ns):
+            for k, v in SYSCTLS.items():
+                with open("/proc/sys/" + k, "w") as f:
+                    f.write(v)
+            with IPRoute() as ipr:
+                lo = ipr.link_lookup(ifname="lo")[0]
+                ipr.link("set", index=lo, state="up")
+    with IPRoute() as ipr:
+        for i, _ in enumerate(spec.links, 1):
+            c, s = spec.ifname("client", i), spec.ifname("server", i)
+            ipr.link("add", ifname=c, kind="veth", peer={"ifname": s, "net_ns_fd": spec.server_ns})
+            idx = ipr.link_lookup(ifname=c)[0]
+            ipr.link("set", index=idx, net_ns_fd=spec.client_ns)
+    for side, ns in (("client", spec.client_ns), ("server", spec.server_ns)):
+        with inside(ns), IPRoute() as ipr:
+            for i, link in enumerate(spec.links, 1):
+                name = spec.ifname(side, i)
+                idx = ipr.link_lookup(ifname=name)[0]
+                if spec.ipv4:
+                    ipr.addr("add", index=idx, address=spec.addr(side, i, 4), prefixlen=24)
+                if spec.ipv6:
+                    ipr.addr("add", index=idx, address=spec.addr(side, i, 6), prefixlen=64,
+                             flags=0x02)  # IFA_F_NODAD
+                ipr.link("set", index=idx, state="up")
+                if link.shaped():
+                    _shape(ipr, idx, link)
+    return {"client_ns": spec.client_ns, "server_ns": spec.server_ns}
+
+
+def _shape(ipr: IPRoute, idx: int, link) -> None:
+    netem = {}
+    if link.delay_ms:
+        netem["delay"] = int(link.delay_ms * 1000)
+    if link.loss_pct:
+        netem["loss"] = link.loss_pct
+    if link.rate_mbit:
+        ipr.tc("add", "htb", idx, 0x10000, default=0x10)
+        ipr.tc("add-class", "htb", idx, 0x10010, parent=0x10000,
+               rate=f"{link.rate_mbit}mbit", burst=64 * 1024, prio=1)
+        if netem:
+            ipr.tc("add", "netem", idx, 0x100000, parent=0x10010, **netem)
+    elif netem:
+        ipr.tc("add", "netem", idx, 0x10000, **netem)
+
+
+def link_set(spec: TopoSpec, i: int, up: bool) -> None:
+    """Set link i down/up on both ends (a cable pulled, then plugged back)."""
+    for side, ns in (("client", spec.client_ns), ("server", spec.server_ns)):
+        with inside(ns), IPRoute() as ipr:
+            idx = ipr.link_lookup(ifname=spec.ifname(side, i))[0]
+            ipr.link("set", index=idx, state="up" if up else "down")
+
+
+def addr_change(spec: TopoSpec, side: str, i: int, family: int, add: bool,
+                address: str | None = None) -> None:
+    ns = spec.client_ns if side == "client" else spec.server_ns
+    with inside(ns), IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=spec.ifname(side, i))[0]
+        addr = address or spec.addr(side, i, family)
+        plen = 24 if family == 4 else 64
+        kw = {"flags": 0x02} if family == 6 else {}
+        try:
+            ipr.addr("add" if add else "del", index=idx, address=addr, prefixlen=plen, **kw)
+        except NetlinkError as e:
+            if not (add and e.code == errno.EEXIST) and not (not add and e.code == errno.EADDRNOTAVAIL):
+                raise
+
+
+def destroy(spec: TopoSpec) -> None:
+    for ns in (spec.client_ns, spec.server_ns):
+        if ns in netns.listnetns():
+            _remove_ns(ns)

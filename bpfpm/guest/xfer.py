@@ -1,0 +1,153 @@
+"""Checksummed bulk transfer over MPTCP (or TCP), one connection each.
+
+  server: accept, read to EOF hashing, send the 32-byte sha256 back.
+  client: send N deterministic pseudo-random bytes, half-close, compare the
+          server's digest with its own.
+Both write a JSON report; the client also keeps a progress file and a record
+of every subflow it saw, sampled while sending.
+
+Run inside a netns: `ip netns exec NS python -m bpfpm.guest.xfer ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import socket
+import sys
+import time
+
+from . import mptcpinfo
+
+IPPROTO_MPTCP = 262
+CHUNK = 64 * 1024
+
+
+def _proto(name: str) -> int:
+    return IPPROTO_MPTCP if name == "mptcp" else socket.IPPROTO_TCP
+
+
+def _write_json(path: str, obj: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def server(a) -> int:
+    fam = socket.AF_INET6 if a.family == 6 else socket.AF_INET
+    ls = socket.socket(fam, socket.SOCK_STREAM, _proto(a.proto))
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", a.port))
+    ls.listen(128)
+    _write_json(a.report + ".ready", {"port": a.port})
+    reports = []
+    for _ in range(a.count):
+        conn, peer = ls.accept()
+        h = hashlib.sha256()
+        n = 0
+        seen: dict = {}
+        next_sample = 0
+        t0 = time.monotonic()
+        while True:
+            data = conn.recv(1 << 20)
+            if not data:
+                break
+            h.update(data)
+            n += len(data)
+            if n >= next_sample:
+                mptcpinfo.merge_seen(seen, mptcpinfo.subflows(conn))
+                next_sample = n + 256 * 1024
+        final = mptcpinfo.subflows(conn)
+        mptcpinfo.merge_seen(seen, final)
+        info = mptcpinfo.connection(conn)
+        conn.sendall(h.digest())
+        conn.close()
+        reports.append({"peer": list(peer[:2]), "bytes": n, "sha256": h.hexdigest(),
+                        "seconds": round(time.monotonic() - t0, 3), "conn": info,
+                        "subflows_final": final, "subflows_seen": list(seen.values())})
+    ls.close()
+    _write_json(a.report, {"connections": reports})
+    return 0
+
+
+def client(a) -> int:
+    fam = socket.AF_INET6 if ":" in a.addr else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM, _proto(a.proto))
+    if a.bind:
+        s.bind((a.bind, 0))
+    s.settimeout(a.timeout)
+    t0 = time.monotonic()
+    s.connect((a.addr, a.port))
+    rnd = random.Random(a.seed)
+    h = hashlib.sha256()
+    sent = 0
+    seen: dict = {}
+    next_sample = 0
+    info_early = mptcpinfo.connection(s)
+    while sent < a.bytes:
+        chunk = rnd.randbytes(min(CHUNK, a.bytes - sent))
+        s.sendall(chunk)
+        h.update(chunk)
+        sent += len(chunk)
+        if sent >= next_sample:
+            mptcpinfo.merge_seen(seen, mptcpinfo.subflows(s))
+            with open(a.progress, "w") as f:
+                f.write(f"{sent} {a.bytes}\n")
+            next_sample = sent + 256 * 1024
+    mptcpinfo.merge_seen(seen, mptcpinfo.subflows(s))
+    s.shutdown(socket.SHUT_WR)
+    digest = b""
+    while len(digest) < 32:
+        d = s.recv(32 - len(digest))
+        if not d:
+            break
+        digest += d
+    final = mptcpinfo.subflows(s)
+    mptcpinfo.merge_seen(seen, final)
+    info = mptcpinfo.connection(s)
+    info["token_at_connect"] = info_early.get("token")
+    s.close()
+    ok = digest == h.digest()
+    with open(a.progress, "w") as f:
+        f.write(f"{sent} {a.bytes}\n")
+    _write_json(a.report, {"bytes": sent, "sha256": h.hexdigest(),
+                           "server_sha256": digest.hex(), "ok": ok,
+                           "seconds": round(time.monotonic() - t0, 3), "conn": info,
+                           "subflows_final": final, "subflows_seen": list(seen.values())})
+    if not ok:
+        print(f"checksum mismatch: sent {h.hexdigest()}, server saw {digest.hex()}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bpfpm.guest.xfer", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="role", required=True)
+    sp = sub.add_parser("server")
+    sp.add_argument("--port", type=int, required=True)
+    sp.add_argument("--family", type=int, choices=(4, 6), default=4)
+    sp.add_argument("--proto", choices=("mptcp", "tcp"), default="mptcp")
+    sp.add_argument("--count", type=int, default=1, help="connections to serve")
+    sp.add_argument("--report", required=True)
+    cp = sub.add_parser("client")
+    cp.add_argument("--addr", required=True)
+    cp.add_argument("--port", type=int, required=True)
+    cp.add_argument("--bind", help="local address to bind the first subflow to")
+    cp.add_argument("--bytes", type=int, default=8 << 20)
+    cp.add_argument("--seed", type=int, default=1)
+    cp.add_argument("--proto", choices=("mptcp", "tcp"), default="mptcp")
+    cp.add_argument("--timeout", type=float, default=120)
+    cp.add_argument("--report", required=True)
+    cp.add_argument("--progress", required=True)
+    a = p.parse_args(argv)
+    return server(a) if a.role == "server" else client(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Host quirks, probed once: acceleration, free ports, required tools.
+
+KVM is used only when it can really run a guest. On nested hosts /dev/kvm
+can exist while the CPU shows no vmx/svm flag: QEMU's `-cpu host` then
+fails on MSR 0x10a and a guest never gets past "Decompressing Linux...".
+BPFPM_ACCEL=kvm|tcg forces either.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import socket
+
+from . import log
+from .errors import BpfpmError
+
+
+@functools.cache
+def accel() -> str:
+    forced = os.environ.get("BPFPM_ACCEL", "").lower()
+    if forced in ("kvm", "tcg"):
+        if forced == "kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            raise BpfpmError("BPFPM_ACCEL=kvm but /dev/kvm is not usable; unset it to use TCG")
+        log.step(f"accel: {forced} (forced by BPFPM_ACCEL)")
+        return forced
+    if forced:
+        raise BpfpmError(f"BPFPM_ACCEL={forced!r}: expected 'kvm' or 'tcg'")
+    why = kvm_unusable_reason()
+    if why:
+        log.step(f"accel: tcg ({why}; BPFPM_ACCEL=kvm to force)")
+        return "tcg"
+    log.step("accel: kvm")
+    return "kvm"
+
+
+def kvm_unusable_reason() -> str | None:
+    if not os.path.exists("/dev/kvm"):
+        return "no /dev/kvm"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm not accessible"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln for ln in f if ln.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    if " vmx" not in flags and " svm" not in flags:
+        return "/dev/kvm exists but the CPU has no vmx/svm flag (nested host)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_tools(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        raise BpfpmError(f"missing host tools: {', '.join(missing)}; run `make setup`")

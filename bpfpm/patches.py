@@ -1,0 +1,104 @@
+"""The kernel patch series: kernel/patches/<base>/series + *.patch."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from . import log
+from .errors import BpfpmError
+from .paths import KERNEL_DIR
+
+BASE = "6.12"
+
+
+def series_dir(base: str = BASE) -> Path:
+    return KERNEL_DIR / "patches" / base
+
+
+def series(base: str = BASE) -> list[Path]:
+    """Patches in order; empty when disabled with BPFPM_PATCHES=none."""
+    if os.environ.get("BPFPM_PATCHES", "") == "none":
+        return []
+    d = series_dir(base)
+    out = []
+    for line in (d / "series").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            p = d / line
+            if not p.exists():
+                raise BpfpmError(f"{d / 'series'} lists {line}, which does not exist")
+            out.append(p)
+    return out
+
+
+def series_key(patches: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in patches:
+        h.update(p.name.encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def touched_files(patch: Path) -> list[str]:
+    files = []
+    for line in patch.read_text(errors="replace").splitlines():
+        if line.startswith("+++ "):
+            name = line[4:].split("\t")[0].strip()
+            if name != "/dev/null":
+                files.append(name.split("/", 1)[1] if "/" in name else name)
+    return files
+
+
+def _patch(tree: Path, patch: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["patch", "-p1", "--batch", "--no-backup-if-mismatch",
+                           "-r", "-", *extra, "-i", str(patch)],
+                          cwd=tree, capture_output=True, text=True)
+
+
+def already_applied(tree: Path, patches: list[Path]) -> bool:
+    """True when the tree already carries the series (a developer's tree)."""
+    if not patches:
+        return False
+    return _patch(tree, patches[-1], "-R", "--dry-run", "--force").returncode == 0
+
+
+def failure_report(patch: Path, output: str) -> str:
+    current = None
+    failed = []
+    for line in output.splitlines():
+        m = re.match(r"patching file (\S+)", line)
+        if m:
+            current = m.group(1)
+        if "FAILED" in line or "can't find file" in line or "Reversed" in line:
+            failed.append(f"{current}: {line.strip()}")
+    detail = "\n  ".join(failed) or output.strip()[-800:]
+    return (f"patch {patch.name} does not apply:\n  {detail}\n"
+            f"refresh it against this tree (quilt refresh / git format-patch) "
+            f"or check the base in {patch.parent / 'series'}")
+
+
+def apply(tree: Path, patches: list[Path], pristine: Path) -> list[str]:
+    """Apply the series to a work tree synced from `pristine`.
+
+    Patched files get mtime = max(pristine file, patches touching it), so an
+    unchanged series re-applied to a re-synced tree causes no rebuild while an
+    edited patch does.
+    """
+    stamp: dict[str, float] = {}
+    for p in patches:
+        r = _patch(tree, p, "--forward")
+        if r.returncode != 0:
+            raise BpfpmError(failure_report(p, r.stdout + r.stderr))
+        for f in touched_files(p):
+            orig = pristine / f
+            base = orig.stat().st_mtime if orig.exists() else 0.0
+            stamp[f] = max(stamp.get(f, base), p.stat().st_mtime)
+    for f, t in stamp.items():
+        if (tree / f).exists():
+            os.utime(tree / f, (t, t))
+    if patches:
+        log.step(f"applied {len(patches)} patches ({len(stamp)} files)")
+    return sorted(stamp)

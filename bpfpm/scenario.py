@@ -1,0 +1,209 @@
+"""Scenario building blocks used by vmtests: a network and its transfers.
+
+    net = Network(agent, TopoSpec.simple(2))
+    net.kernel_pm(client_subflow_endpoints=True)
+    with net.transfer(nbytes=8 << 20) as xfer:
+        xfer.wait_progress(0.25)
+        ...
+    xfer.result.assert_intact()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import tenacity
+
+from .agent import Agent
+from .topology import TopoSpec
+
+_ports = itertools.count(10000)
+
+
+@dataclasses.dataclass
+class TransferResult:
+    nbytes: int
+    client: dict
+    server: dict
+
+    def assert_intact(self) -> None:
+        c, s = self.client, self.server
+        assert c["bytes"] == self.nbytes, f"client sent {c['bytes']} of {self.nbytes} bytes"
+        assert s["bytes"] == self.nbytes, f"server received {s['bytes']} of {self.nbytes} bytes"
+        assert s["sha256"] == c["sha256"], (
+            f"data corrupted: client sha256 {c['sha256']}, server {s['sha256']}")
+        assert c["ok"] and c["server_sha256"] == c["sha256"], \
+            "client did not get the server's matching digest back"
+
+    @property
+    def subflows(self) -> list[dict]:
+        """Every subflow the client saw during the transfer (sender side)."""
+        return self.client["subflows_seen"]
+
+    @property
+    def final_subflows(self) -> list[dict]:
+        return self.client["subflows_final"]
+
+    @property
+    def fallback(self) -> bool:
+        return bool(self.client["conn"].get("fallback"))
+
+    def pairs(self) -> set[tuple[str, str]]:
+        return {(sf["local"], sf["remote"]) for sf in self.subflows}
+
+    def table(self) -> str:
+        rows = [f"  {'local':>22} {'remote':>22} {'bytes acked':>12}"]
+        for sf in sorted(self.subflows, key=lambda s: (s["local"], s["lport"])):
+            rows.append(f"  {sf['local'] + ':' + str(sf['lport']):>22} "
+                        f"{sf['remote'] + ':' + str(sf['rport']):>22} {sf['bytes_acked']:>12}")
+        return "\n".join(rows)
+
+
+class Transfer:
+    """A checksummed client->server transfer running in the guest."""
+
+    def __init__(self, net: "Network", nbytes: int, server_addr: str, port: int,
+                 server_proto: str, client_proto: str, bind: str | None, seed: int):
+        self.net, self.nbytes, self.addr, self.port = net, nbytes, server_addr, port
+        self.server_proto, self.client_proto, self.bind, self.seed = \
+            server_proto, client_proto, bind, seed
+        self.result: TransferResult | None = None
+
+    def start(self) -> "Transfer":
+        a, t = self.net.agent, self.net.spec
+        fam = 6 if ":" in self.addr else 4
+        self.srv = a.call("xfer.server", ns=t.server_ns, port=self.port, family=fam,
+                          proto=self.server_proto)
+        self.cli = a.call("xfer.client", ns=t.client_ns, addr=self.addr, port=self.port,
+                          nbytes=self.nbytes, seed=self.seed, proto=self.client_proto,
+                          bind=self.bind)
+        return self
+
+    def progress(self) -> float:
+        sent, total, _rc = self.net.agent.call("xfer.progress", handle=self.cli)
+        return sent / total if total else 0.0
+
+    def wait_progress(self, fraction: float, timeout: float = 60) -> None:
+        """Block until the client has sent `fraction` of the data."""
+        def check():
+            sent, total, rc = self.net.agent.call("xfer.progress", handle=self.cli)
+            if rc is not None and not (total and sent >= fraction * total):
+                raise AssertionError(f"client exited (rc {rc}) at {sent}/{total} bytes")
+            return total and sent >= fraction * total
+        tenacity.Retrying(stop=tenacity.stop_after_delay(timeout),
+                          wait=tenacity.wait_fixed(0.05),
+                          retry=tenacity.retry_if_result(lambda ok: not ok),
+                          retry_error_callback=lambda st: (_ for _ in ()).throw(
+                              AssertionError(f"transfer did not reach {fraction:.0%} "
+                                             f"in {timeout}s")))(check)
+
+    def wait(self, timeout: float = 180) -> TransferResult:
+        a = self.net.agent
+        cli = a.call("proc.wait", handle=self.cli, timeout=timeout, **{})
+        srv = a.call("proc.wait", handle=self.srv, timeout=30)
+        if cli["report"] is None or srv["report"] is None:
+            raise AssertionError(
+                f"transfer failed: client rc {cli['rc']} stderr:\n{cli['stderr']}\n"
+                f"server rc {srv['rc']} stderr:\n{srv['stderr']}")
+        self.result = TransferResult(self.nbytes, cli["report"],
+                                     srv["report"]["connections"][0])
+        return self.result
+
+    def __enter__(self) -> "Transfer":
+        return self.start()
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.wait()
+        else:
+            for h in (self.cli, self.srv):
+                try:
+                    self.net.agent.call("proc.kill", handle=h)
+                except Exception:
+                    pass
+
+
+class Network:
+    """A TopoSpec built in the guest, and what scenarios do with it."""
+
+    def __init__(self, agent: Agent, spec: TopoSpec):
+        self.agent = agent
+        self.spec = spec
+
+    def create(self) -> "Network":
+        self.agent.call("topo.create", spec=self.spec.to_dict())
+        return self
+
+    def destroy(self) -> None:
+        self.agent.call("topo.destroy", spec=self.spec.to_dict())
+
+    # -- in-kernel path manager --------------------------------------------
+    def limits(self, side: str, subflows: int = 8, add_addr_accepted: int = 8) -> dict:
+        return self.agent.call("mptcp.limits", ns=self.ns(side), subflows=subflows,
+                               add_addr_accepted=add_addr_accepted)
+
+    def endpoint(self, side: str, addr: str, *flags: str, id: int | None = None) -> None:
+        self.agent.call("mptcp.endpoint_add", ns=self.ns(side), addr=addr,
+                        flags=list(flags), id=id)
+
+    def endpoint_del(self, side: str, id: int) -> None:
+        self.agent.call("mptcp.endpoint_del", ns=self.ns(side), id=id)
+
+    def endpoints(self, side: str) -> list[dict]:
+        return self.agent.call("mptcp.endpoints", ns=self.ns(side))
+
+    def sysctl(self, side: str, key: str, value=None) -> str:
+        return self.agent.call("sysctl", ns=self.ns(side), key=key, value=value)
+
+    # -- events ------------------------------------------------------------
+    def monitor(self, side: str) -> "Monitor":
+        return Monitor(self, side)
+
+    # -- links and addresses -----------------------------------------------
+    def link(self, i: int, up: bool) -> None:
+        self.agent.call("topo.link", spec=self.spec.to_dict(), link=i, up=up)
+
+    def addr(self, side: str, i: int, family: int, add: bool) -> None:
+        self.agent.call("topo.addr", spec=self.spec.to_dict(), side=side, link=i,
+                        family=family, add=add)
+
+    # -- traffic -----------------------------------------------------------
+    def transfer(self, nbytes: int = 8 << 20, family: int = 4, link: int = 1,
+                 server_proto: str = "mptcp", client_proto: str = "mptcp",
+                 seed: int | None = None) -> Transfer:
+        port = next(_ports)
+        return Transfer(self, nbytes, self.spec.addr("server", link, family), port,
+                        server_proto, client_proto, None,
+                        seed if seed is not None else port)
+
+    def ns(self, side: str) -> str:
+        return self.spec.client_ns if side == "client" else self.spec.server_ns
+
+
+class Monitor:
+    """`ip mptcp monitor` in one netns, for the duration of a block."""
+
+    def __init__(self, net: Network, side: str):
+        self.net, self.side = net, side
+        self.handle = net.agent.call("monitor.start", ns=net.ns(side))
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        evs = self.net.agent.call("monitor.events", handle=self.handle)
+        return [e for e in evs if kind is None or e["event"] == kind]
+
+    def wait_for(self, kind: str, timeout: float = 30, **match) -> dict:
+        def find():
+            for e in self.events(kind):
+                if all(str(e.get(k)) == str(v) for k, v in match.items()):
+                    return e
+            return None
+        return tenacity.Retrying(
+            stop=tenacity.stop_after_delay(timeout), wait=tenacity.wait_fixed(0.1),
+            retry=tenacity.retry_if_result(lambda e: e is None),
+            retry_error_callback=lambda st: (_ for _ in ()).throw(AssertionError(
+                f"no {kind} {match or ''} event in {self.side} netns within {timeout}s; "
+                f"seen: {self.events()}")))(find)
+
+    def stop(self) -> None:
+        self.net.agent.call("proc.kill", handle=self.handle)

@@ -1,0 +1,283 @@
+"""Kernel source: Debian's linux-source-6.12, or a developer's own tree.
+
+The Debian source comes from the trixie suites through a private apt state
+directory, so the host's apt configuration is read but never changed. The
+mirror is derived from the host's own sources; no registry host is written
+here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+from . import log
+from .errors import BpfpmError
+from .paths import cache_dir
+
+PACKAGE = "linux-source-6.12"
+# Pinned for reproducibility; the newest available is used (with a warning)
+# once the suites have moved on past it.
+PINNED_VERSION = os.environ.get("BPFPM_SOURCE_VERSION", "6.12.117-1")
+TARGET_SUITE = "trixie"
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelSource:
+    path: Path
+    ident: str          # stable id used in cache keys and results
+    description: str    # human-readable origin
+    writable: bool      # False for a developer's tree: never modify it
+
+
+@dataclasses.dataclass(frozen=True)
+class AptSource:
+    uri: str
+    suites: tuple[str, ...]
+    components: tuple[str, ...]
+    signed_by: str | None
+
+
+def _parse_deb822(text: str) -> list[AptSource]:
+    out = []
+    for stanza in re.split(r"\n\s*\n", text):
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            m = re.match(r"^([A-Za-z-]+):\s*(.*)$", line)
+            if m:
+                fields[m.group(1).lower()] = m.group(2).strip()
+        if "deb" not in fields.get("types", "").split():
+            continue
+        if fields.get("enabled", "yes").lower() == "no":
+            continue
+        for uri in fields.get("uris", "").split():
+            out.append(AptSource(uri, tuple(fields.get("suites", "").split()),
+                                 tuple(fields.get("components", "main").split()),
+                                 fields.get("signed-by")))
+    return out
+
+
+def _parse_one_line(text: str) -> list[AptSource]:
+    out = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line.startswith("deb "):
+            continue
+        words = line.split()[1:]
+        signed_by = None
+        if words and words[0].startswith("["):
+            opts = []
+            while words:
+                w = words.pop(0)
+                opts.append(w)
+                if w.endswith("]"):
+                    break
+            for o in " ".join(opts).strip("[]").split():
+                if o.startswith("signed-by="):
+                    signed_by = o.split("=", 1)[1]
+        if len(words) >= 2:
+            out.append(AptSource(words[0], (words[1],), tuple(words[2:]) or ("main",),
+                                 signed_by))
+    return out
+
+
+def host_apt_sources(etc: Path = Path("/etc/apt")) -> list[AptSource]:
+    sources: list[AptSource] = []
+    main = etc / "sources.list"
+    if main.exists():
+        sources += _parse_one_line(main.read_text())
+    d = etc / "sources.list.d"
+    if d.is_dir():
+        for f in sorted(d.iterdir()):
+            if f.suffix == ".sources":
+                sources += _parse_deb822(f.read_text())
+            elif f.suffix == ".list":
+                sources += _parse_one_line(f.read_text())
+    return sources
+
+
+def trixie_sources_list(sources: list[AptSource], suite: str = TARGET_SUITE) -> str:
+    """A deb822 sources file for `suite` built from the host's mirrors.
+
+    The archive mirror is the one serving the host's plain suite; the
+    security mirror the one serving `<codename>-security`.
+    """
+    archive = security = None
+    for s in sources:
+        for su in s.suites:
+            if su.endswith("-security") or "/updates" in su:
+                security = security or s
+            elif "-" not in su and "main" in s.components:
+                archive = archive or s
+    if archive is None:
+        raise BpfpmError(
+            "no Debian archive mirror found in /etc/apt/sources.list{,.d}; "
+            "add the host's Debian mirror there or use KERNEL_SRC=/path/to/linux")
+    stanzas = [(archive, f"{suite} {suite}-updates")]
+    if security is not None:
+        stanzas.append((security, f"{suite}-security"))
+    text = []
+    for s, suites in stanzas:
+        lines = ["Types: deb", f"URIs: {s.uri}", f"Suites: {suites}", "Components: main"]
+        if s.signed_by:
+            lines.append(f"Signed-By: {s.signed_by}")
+        text.append("\n".join(lines))
+    return "\n\n".join(text) + "\n"
+
+
+class PrivateApt:
+    """apt-get with its own lists/cache dirs and a generated sources file."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        (root / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+        (root / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+        self.sources = root / "trixie.sources"
+
+    def _opts(self) -> list[str]:
+        r = self.root
+        return ["-o", f"Dir::Etc::SourceList={self.sources}",
+                "-o", "Dir::Etc::SourceParts=-",
+                "-o", f"Dir::State::Lists={r / 'lists'}",
+                "-o", f"Dir::Cache={r / 'cache'}",
+                "-o", "APT::Get::List-Cleanup=0",
+                "-o", "Debug::NoLocking=1"]
+
+    def update(self) -> None:
+        self.sources.write_text(trixie_sources_list(host_apt_sources()))
+        log.step("apt: updating private trixie package lists")
+        r = subprocess.run(["apt-get", *self._opts(), "-q", "update"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise BpfpmError(f"apt-get update for {TARGET_SUITE} failed:\n{r.stderr.strip()}\n"
+                             f"sources used: {self.sources}")
+
+    def versions(self, package: str) -> list[str]:
+        r = subprocess.run(["apt-cache", *self._opts(), "madison", package],
+                           capture_output=True, text=True)
+        vers = []
+        for line in r.stdout.splitlines():
+            parts = [p.strip() for p in line.split("|")]
+            if len(parts) >= 2 and parts[1] not in vers:
+                vers.append(parts[1])
+        return vers
+
+    def download(self, package: str, version: str, dest: Path) -> Path:
+        dest.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(["apt-get", *self._opts(), "-q", "download",
+                            f"{package}={version}"], cwd=dest, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise BpfpmError(f"apt-get download {package}={version} failed:\n{r.stderr.strip()}")
+        debs = sorted(dest.glob(f"{package}_*.deb"))
+        if not debs:
+            raise BpfpmError(f"apt-get download left no {package} .deb in {dest}")
+        return debs[-1]
+
+
+def _version_key(v: str):
+    return [int(x) if x.isdigit() else x for x in re.split(r"[.\-+~]", v)]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def debian_source() -> KernelSource:
+    root = cache_dir() / "source"
+    marker_glob = sorted(root.glob(f"{PACKAGE}_*/READY"))
+    # Reuse an unpacked tree of the pinned version without touching the network.
+    for m in marker_glob:
+        if m.parent.name == f"{PACKAGE}_{PINNED_VERSION}":
+            return _unpacked(m.parent)
+    apt = PrivateApt(root / "apt")
+    try:
+        apt.update()
+        versions = apt.versions(PACKAGE)
+    except BpfpmError:
+        if marker_glob:
+            log.warn("apt unreachable; using the newest unpacked source in the cache")
+            return _unpacked(marker_glob[-1].parent)
+        raise
+    if not versions:
+        raise BpfpmError(f"{PACKAGE} not offered by the {TARGET_SUITE} suites; "
+                         "use KERNEL_SRC=/path/to/linux")
+    version = PINNED_VERSION
+    if version not in versions:
+        newest = max(versions, key=_version_key)
+        log.warn(f"pinned {PACKAGE} {version} is gone from the mirror; using {newest}")
+        version = newest
+    tree_root = root / f"{PACKAGE}_{version}"
+    if (tree_root / "READY").exists():
+        return _unpacked(tree_root)
+    log.step(f"fetching {PACKAGE} {version}")
+    deb = apt.download(PACKAGE, version, root / "debs")
+    staging = tree_root.with_suffix(".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(staging / "deb")], check=True)
+    tarballs = list((staging / "deb" / "usr" / "src").glob("linux-source-*.tar.xz"))
+    if not tarballs:
+        raise BpfpmError(f"{deb} holds no /usr/src/linux-source-*.tar.xz")
+    digest = _sha256(tarballs[0])
+    log.step(f"unpacking {tarballs[0].name} (sha256 {digest[:16]})")
+    with tarfile.open(tarballs[0]) as tf:
+        tf.extractall(staging / "tree", filter="fully_trusted")
+    inner = next((staging / "tree").iterdir())
+    inner.rename(staging / "linux")
+    shutil.rmtree(staging / "deb")
+    shutil.rmtree(staging / "tree")
+    (staging / "VERSION").write_text(f"{PACKAGE} {version}\nsha256 {digest}\n")
+    shutil.rmtree(tree_root, ignore_errors=True)
+    staging.rename(tree_root)
+    (tree_root / "READY").write_text("")
+    return _unpacked(tree_root)
+
+
+def _unpacked(tree_root: Path) -> KernelSource:
+    info = (tree_root / "VERSION").read_text().split("\n")
+    version = info[0].split()[1]
+    digest = info[1].split()[1]
+    return KernelSource(path=tree_root / "linux",
+                        ident=f"debian-{PACKAGE}-{version}-{digest[:12]}",
+                        description=f"Debian {PACKAGE} {version} (tarball sha256 {digest})",
+                        writable=False)
+
+
+def developer_source(path: Path) -> KernelSource:
+    path = path.resolve()
+    if not (path / "Makefile").exists() or not (path / "net" / "mptcp").is_dir():
+        raise BpfpmError(f"KERNEL_SRC={path} does not look like a Linux tree with net/mptcp")
+    ident = f"tree-{path.name}"
+    desc = f"developer tree {path}"
+    if (path / ".git").exists():
+        head = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"],
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain",
+                                "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        if dirty:
+            diff = subprocess.run(["git", "-C", str(path), "diff", "HEAD"],
+                                  capture_output=True).stdout
+            head += "-dirty-" + hashlib.sha256(diff).hexdigest()[:8]
+        ident = f"git-{head[:20]}"
+        desc = f"git tree {path} at {head}"
+    return KernelSource(path=path, ident=ident, description=desc, writable=False)
+
+
+def resolve() -> KernelSource:
+    env = os.environ.get("KERNEL_SRC")
+    if env:
+        return developer_source(Path(env))
+    return debian_source()

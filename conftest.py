@@ -1,0 +1,98 @@
+"""pytest fixtures for bpfpm scenarios.
+
+Scope and dependencies:
+  run_dir  (session)  results/<run>/ for consoles, dmesg and reports
+  kernel   (session)  the built guest kernel (built on first use, cached)
+  guest    (session)  one VM for the session, rebooted after a crash
+  vm       (function) the running VM; its kernel log is checked after the test
+  agent    (function) the guest agent of that VM
+  topo     (function) client/server netns joined by veth links, torn down after;
+                      shape it with @pytest.mark.topo(links=3, ipv6=False, ...)
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bpfpm import build, results
+from bpfpm.errors import GuestCrashed
+from bpfpm.scenario import Network
+from bpfpm.session import GuestSession
+from bpfpm.topology import TopoSpec
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "topo(**kw): TopoSpec.simple() arguments for `topo`")
+
+
+@pytest.fixture(scope="session")
+def run_dir():
+    return results.current_run()
+
+
+@pytest.fixture(scope="session")
+def kernel():
+    return build.build()
+
+
+@pytest.fixture(scope="session")
+def guest(kernel, run_dir):
+    gs = GuestSession(kernel, run_dir)
+    results.write_json(run_dir / "kernel.json", kernel.info | {"release": None})
+    yield gs
+    gs.stop()
+
+
+@pytest.fixture
+def vm(guest, request, run_dir):
+    """The running guest; fails the test on any kernel splat it caused."""
+    vm = guest.ensure()
+    begin = guest.begin_test(request.node.nodeid)
+    yield vm
+    segment, splats = guest.end_test(request.node.nodeid, begin)
+    slug = request.node.name.replace("/", "_")
+    (run_dir / "dmesg").mkdir(exist_ok=True)
+    (run_dir / "dmesg" / f"{slug}.log").write_text(segment)
+    dead = not vm.alive() or not guest._responsive()
+    if dead:
+        guest.stop()
+    if splats:
+        report = "\n\n".join(guest.decode(s) for s in splats)
+        pytest.fail(f"kernel log of this test has {len(splats)} splat(s) "
+                    f"({', '.join(s.kind for s in splats)}):\n{report}", pytrace=False)
+    if dead:
+        raise GuestCrashed(f"guest died or hung during the test; console: {vm.console_log}")
+
+
+@pytest.fixture
+def agent(vm, guest):
+    return guest.agent
+
+
+@pytest.fixture
+def topo(agent, request):
+    """The scenario's network: created before the test, destroyed after."""
+    m = request.node.get_closest_marker("topo")
+    kw = dict(m.kwargs) if m else {}
+    if hasattr(request, "param"):
+        kw.update(request.param)
+    net = Network(agent, TopoSpec.simple(**kw)).create()
+    yield net
+    try:
+        net.destroy()
+    except GuestCrashed:
+        pass
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call" and rep.failed and "run_dir" in item.fixturenames:
+        run = item.funcargs.get("run_dir")
+        if run:
+            with open(run / "failures.jsonl", "a") as f:
+                f.write(json.dumps({"test": item.nodeid,
+                                    "error": str(rep.longrepr)[-4000:]}) + "\n")

@@ -1,0 +1,22 @@
+from bpfpm.guest import mptcp, mptcpinfo
+
+
+def test_monitor_lines_become_events():
+    text = ("[       CREATED] token=4c1a1f2b remid=0 locid=0 saddr4=10.0.1.1 daddr4=10.0.1.2 "
+            "sport=40000 dport=10000\n"
+            "[     ANNOUNCED] token=4c1a1f2b remid=2 daddr4=10.0.2.2 dport=10000\n"
+            "[SF_ESTABLISHED] token=4c1a1f2b remid=2 locid=0 saddr4=10.0.2.1 daddr4=10.0.2.2\n"
+            "garbage\n")
+    evs = mptcp.parse_monitor(text)
+    assert [e["event"] for e in evs] == ["CREATED", "ANNOUNCED", "SF_ESTABLISHED"]
+    assert evs[1]["daddr4"] == "10.0.2.2" and evs[1]["remid"] == "2"
+
+
+def test_merge_seen_keeps_closed_subflows_and_max_counters():
+    seen = {}
+    sf = {"local": "10.0.1.1", "lport": 1, "remote": "10.0.1.2", "rport": 2,
+          "state": 1, "bytes_acked": 10, "bytes_received": 0}
+    mptcpinfo.merge_seen(seen, [sf])
+    mptcpinfo.merge_seen(seen, [dict(sf, bytes_acked=50)])
+    mptcpinfo.merge_seen(seen, [])
+    assert list(seen.values())[0]["bytes_acked"] == 50
