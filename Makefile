@@ -21,7 +21,8 @@ help:
 	@echo "make test-fast        unit tests only (no VM)"
 	@echo "make vmtest T=expr    VM scenarios matching a pytest -k expression"
 	@echo "make bench-framework  measure build/boot/command speed targets"
-	@echo "make bisect GOOD=.. BAD=.. T=..   git bisect run over KERNEL_SRC"
+	@echo "make kselftest        upstream MPTCP selftests, unpatched vs patched (long)"
+	@echo "make bisect GOOD=.. BAD=.. T='pytest args'   git bisect run over KERNEL_SRC"
 
 $(STAMP): pyproject.toml scripts/setup-host.sh
 	bash scripts/setup-host.sh
@@ -54,6 +55,9 @@ test-fast: setup
 
 vmtest: setup
 	$(BPFPM) test -k "$(T)" vmtests $(ARGS)
+
+kselftest: setup
+	$(BPFPM) kselftest $(ARGS)
 
 bench-framework: setup
 	$(BPFPM) bench-framework

@@ -8,6 +8,9 @@ Scope and dependencies:
   agent    (function) the guest agent of that VM
   topo     (function) client/server netns joined by veth links, torn down after;
                       shape it with @pytest.mark.topo(links=3, ipv6=False, ...)
+  pm_objects (session) the BPF programs of bpf-pms/, compiled for `kernel`
+  load_pm  (function) load_pm("fullmesh") loads + attaches one; detached after
+  recorder (function) the event_recorder program, loaded
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 
 import pytest
 
-from bpfpm import build, results
+from bpfpm import build, events, pms, results
 from bpfpm.errors import GuestCrashed
 from bpfpm.scenario import Network
 from bpfpm.session import GuestSession
@@ -84,6 +87,34 @@ def topo(agent, request):
         net.destroy()
     except GuestCrashed:
         pass
+
+
+@pytest.fixture(scope="session")
+def pm_objects(kernel):
+    return pms.build(kernel)
+
+
+@pytest.fixture
+def load_pm(agent, pm_objects):
+    """Factory: load_pm(name) -> LoadedPM attached to the root cgroup."""
+    loaded = []
+
+    def load(name: str) -> pms.LoadedPM:
+        pm = pms.LoadedPM(agent, pm_objects[name], name).__enter__()
+        loaded.append(pm)
+        return pm
+
+    yield load
+    for pm in reversed(loaded):
+        try:
+            pm.__exit__(None, None, None)
+        except GuestCrashed:
+            pass
+
+
+@pytest.fixture
+def recorder(load_pm):
+    return events.Recorder(load_pm("event_recorder"))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,12 +1,17 @@
 """Kernel build: work tree, patches, config, out-of-tree make with ccache.
 
 Layout under the cache dir (see paths.cache_dir):
-  trees/<id>/      work copy of the source the series is applied to
-  builds/<id>-<cfg>/  O= build dir, reused across patch edits (incremental)
-  ccache/          shared compiler cache (base_dir = cache dir)
+  trees/linux/     the one work tree: the chosen source rsynced in (mtimes
+                   kept), then the series applied
+  builds/{base,debug}/  O= build dir per config; a fragment edit re-runs the
+                   config step and kbuild rebuilds only what depends on it
+  ccache/          compiler cache (base_dir = cache dir)
   logs/            one log per build
-A build dir remembers the key of its last successful build; asking for the
-same key again returns at once.
+Whatever the source (Debian's, a developer's tree, patched or not), it is
+synced into the same tree path, so make's own dependency tracking rebuilds
+only what differs and ccache (whose keys contain those paths) hits when a
+variant comes back. A build dir remembers the key of its last successful
+build; asking for the same key again returns at once.
 """
 
 from __future__ import annotations
@@ -43,7 +48,23 @@ class KernelBuild:
 
     @property
     def release(self) -> str:
-        return (self.build_dir / "include" / "config" / "kernel.release").read_text().strip()
+        for f in (self.build_dir / "include" / "config" / "kernel.release",
+                  self.build_dir / "kernel.release"):
+            if f.exists():
+                return f.read_text().strip()
+        return "?"
+
+
+def prebuilt(d: Path) -> KernelBuild:
+    """A kernel built elsewhere (BPFPM_KERNEL_BUILD=dir): bzImage + vmlinux."""
+    bz = next((p for p in (d / "arch/x86/boot/bzImage", d / "bzImage") if p.exists()), None)
+    if bz is None or not (d / "vmlinux").exists():
+        raise BpfpmError(f"BPFPM_KERNEL_BUILD={d} needs bzImage (or arch/x86/boot/bzImage) "
+                         "and vmlinux")
+    stamp = d / "bpfpm-build.json"
+    info = json.loads(stamp.read_text()) if stamp.exists() else {"key": "prebuilt"}
+    src = d / "source" if (d / "source").exists() else d
+    return KernelBuild(info.get("key", "prebuilt"), bz, d / "vmlinux", d, src, info)
 
 
 def _h(*parts: str) -> str:
@@ -145,18 +166,20 @@ def _make(src: Path, build: Path, targets: list[str], logf, total_hint: int) -> 
     return count
 
 
-def build(debug: bool | None = None) -> KernelBuild:
+def build(debug: bool | None = None, patched: bool = True) -> KernelBuild:
+    """Build (or reuse) the guest kernel; `patched=False` leaves the series out."""
+    if os.environ.get("BPFPM_KERNEL_BUILD"):
+        return prebuilt(Path(os.environ["BPFPM_KERNEL_BUILD"]))
     if debug is None:
         debug = os.environ.get("DEBUG", "0") not in ("", "0")
     src = source.resolve()
-    series = patches.series()
+    series = patches.series() if patched else []
     skey = patches.series_key(series)
     ckey = kconfig.config_key(debug)
     key = _h(src.ident, skey, ckey, toolchain_id())
     c = cache_dir()
-    tree_id = _h(str(src.path), "patched" if series else "plain")
-    tree = c / "trees" / tree_id
-    bdir = c / "builds" / f"{tree_id}-{ckey}{'-debug' if debug else ''}"
+    tree = c / "trees" / "linux"
+    bdir = c / "builds" / ("debug" if debug else "base")
     stamp = bdir / "bpfpm-build.json"
     result = KernelBuild(key, bdir / "arch/x86/boot/bzImage", bdir / "vmlinux", bdir, tree, {})
     if stamp.exists() and result.bzimage.exists():

@@ -14,7 +14,13 @@ import socket
 import time
 from pathlib import Path
 
+import logging
+
 import paramiko
+
+# Connection attempts while the guest boots fail by design; the caller
+# reports the final outcome, so paramiko's own tracebacks are noise.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 from .errors import BpfpmError, GuestCrashed
 

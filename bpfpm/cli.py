@@ -23,6 +23,7 @@ environment:
   BPFPM_ACCEL=kvm|tcg  force the QEMU accelerator (default: detected)
   BPFPM_CACHE=dir    build cache (default ~/.cache/bpfpm)
   BPFPM_RESULTS=dir  where run directories go (default ./results)
+  BPFPM_KERNEL_BUILD=dir  use a kernel built elsewhere (bzImage + vmlinux), build nothing
 """
 
 
@@ -105,6 +106,21 @@ def cmd_bench_framework(a) -> int:
     return benchfw.main(a)
 
 
+def cmd_kselftest(a) -> int:
+    from . import kselftest
+    return kselftest.main(a)
+
+
+def cmd_bisect(a) -> int:
+    from . import bisect
+    return bisect.run(a.good, a.bad, a.selector)
+
+
+def cmd_bisect_step(a) -> int:
+    from . import bisect
+    return bisect.step(a.selector)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bpfpm", description="Build an MPTCP/BPF kernel, boot it with virtme-ng, "
@@ -142,6 +158,18 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench-framework", help="measure the framework's speed targets")
     b.add_argument("--cold", action="store_true", help="also time a cold kernel build")
     b.set_defaults(fn=cmd_bench_framework)
+    ks = sub.add_parser("kselftest", help="upstream MPTCP selftests: unpatched vs patched kernel")
+    ks.add_argument("--scripts", nargs="+", help="selftest scripts (default: all but mptcp_join.sh)")
+    ks.set_defaults(fn=cmd_kselftest)
+
+    bi = sub.add_parser("bisect", help="git bisect run over KERNEL_SRC with a scenario as oracle")
+    bi.add_argument("--good", required=True)
+    bi.add_argument("--bad", required=True)
+    bi.add_argument("selector", nargs="+", help="pytest arguments selecting the oracle test(s)")
+    bi.set_defaults(fn=cmd_bisect)
+    bs = sub.add_parser("bisect-step")  # internal: one `git bisect run` step
+    bs.add_argument("selector", nargs="+")
+    bs.set_defaults(fn=cmd_bisect_step)
     return p
 
 

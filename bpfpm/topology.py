@@ -36,9 +36,9 @@ class TopoSpec:
             raise ValueError("a topology needs IPv4, IPv6 or both")
 
     @classmethod
-    def simple(cls, n: int = 2, **kw) -> "TopoSpec":
+    def simple(cls, links: int = 2, **kw) -> "TopoSpec":
         link = Link(**{k: kw.pop(k) for k in ("delay_ms", "loss_pct", "rate_mbit") if k in kw})
-        return cls(links=tuple(link for _ in range(n)), **kw)
+        return cls(links=tuple(link for _ in range(links)), **kw)
 
     def ifname(self, side: str, i: int) -> str:
         return f"{side[0]}{i}"   # c1.., s1..

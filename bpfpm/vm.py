@@ -66,7 +66,7 @@ class VM:
                 "--ssh", str(self.port), "--ssh-tcp",
                 "--rwdir", str(self.run_dir),
                 "--name", self.name,
-                "--qemu-opts", f"-pidfile {self.pidfile}"]
+                f"--qemu-opts=-pidfile {self.pidfile}"]
         if host.accel() == "tcg":
             argv.append("--disable-kvm")
         for a in ["panic=-1", "oops=panic" if False else "", *self.append]:

@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 from ..topology import TopoSpec
-from . import mptcp, netns
+from . import bpf, mptcp, netns
 
 WORK = Path(os.environ.get("BPFPM_GUEST_WORK", "/tmp/bpfpm"))
 
@@ -128,6 +128,10 @@ def op_topo_addr(spec: dict, side: str, link: int, family: int, add: bool) -> No
     netns.addr_change(TopoSpec.from_dict(spec), side, link, family, add)
 
 
+def op_topo_addr_raw(ns: str, ifname: str, address: str, add: bool) -> None:
+    netns.addr_raw(ns, ifname, address, add)
+
+
 def op_sysctl(ns: str, key: str, value=None) -> str:
     return netns.sysctl(ns, key, None if value is None else str(value))
 
@@ -194,6 +198,26 @@ def op_proc_wait(handle: int, timeout: float = 120) -> dict:
 
 def op_proc_kill(handle: int) -> dict:
     return PROCS.kill(handle)
+
+
+def op_bpf_load(obj: str, name: str) -> None:
+    bpf.load(obj, name)
+
+
+def op_bpf_attach(name: str) -> None:
+    bpf.attach(name)
+
+
+def op_bpf_unload(name: str) -> None:
+    bpf.unload(name)
+
+
+def op_bpf_map_dump(name: str, map: str) -> list:
+    return bpf.map_dump(name, map)
+
+
+def op_bpf_map_update(name: str, map: str, key: int, value: list) -> None:
+    bpf.map_update(name, map, key, value)
 
 
 OPS = {name[3:].replace("_", ".", 1): fn for name, fn in globals().items()

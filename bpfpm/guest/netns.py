@@ -105,12 +105,16 @@ def link_set(spec: TopoSpec, i: int, up: bool) -> None:
             ipr.link("set", index=idx, state="up" if up else "down")
 
 
-def addr_change(spec: TopoSpec, side: str, i: int, family: int, add: bool,
-                address: str | None = None) -> None:
+def addr_change(spec: TopoSpec, side: str, i: int, family: int, add: bool) -> None:
     ns = spec.client_ns if side == "client" else spec.server_ns
+    addr_raw(ns, spec.ifname(side, i), spec.addr(side, i, family), add)
+
+
+def addr_raw(ns: str, ifname: str, addr: str, add: bool) -> None:
+    """Add/remove one address (idempotent); /24 for IPv4, /64 for IPv6."""
+    family = 6 if ":" in addr else 4
     with inside(ns), IPRoute() as ipr:
-        idx = ipr.link_lookup(ifname=spec.ifname(side, i))[0]
-        addr = address or spec.addr(side, i, family)
+        idx = ipr.link_lookup(ifname=ifname)[0]
         plen = 24 if family == 4 else 64
         kw = {"flags": 0x02} if family == 6 else {}
         try:

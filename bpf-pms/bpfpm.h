@@ -1,0 +1,115 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Shared by the bpfpm path managers: kfunc declarations, address helpers.
+ *
+ * vmlinux.h comes from the running kernel's BTF (bpftool btf dump). pahole
+ * 1.24 emits no kfunc declaration tags, so the kfuncs are declared here.
+ */
+#ifndef __BPFPM_H
+#define __BPFPM_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
+
+#define AF_INET		2
+#define AF_INET6	10
+
+#define BPFPM_MAX_ADDRS	8
+
+/* errnos the kfuncs return (no libc headers in BPF programs) */
+#define BPFPM_ENOMEM	12
+#define BPFPM_EBUSY	16
+#define BPFPM_EINVAL	22
+#define BPFPM_ENOSPC	28
+#define BPFPM_EOPNOTSUPP 95
+#define BPFPM_ENOTCONN	107
+
+extern int bpf_mptcp_open_subflow(struct bpf_sock_ops *ctx,
+				  const struct bpf_mptcp_endp *src,
+				  const struct bpf_mptcp_endp *dst) __ksym;
+extern int bpf_mptcp_close_subflow(struct bpf_sock_ops *ctx,
+				   const struct bpf_mptcp_endp *src,
+				   const struct bpf_mptcp_endp *dst) __ksym;
+
+/* An address as the maps store it: family + 16 bytes, network order. */
+struct bpfpm_addr {
+	__u32 family;
+	__u32 addr[4];
+};
+
+static __always_inline bool bpfpm_addr_eq(const struct bpfpm_addr *a,
+					  const struct bpfpm_addr *b)
+{
+	if (a->family != b->family)
+		return false;
+	if (a->family == AF_INET)
+		return a->addr[0] == b->addr[0];
+	return a->addr[0] == b->addr[0] && a->addr[1] == b->addr[1] &&
+	       a->addr[2] == b->addr[2] && a->addr[3] == b->addr[3];
+}
+
+/* The address carried by an ADD_ADDR or LOCAL_ADDR event. */
+static __always_inline void bpfpm_event_addr(const struct bpf_sock_ops *skops,
+					     __u32 family, struct bpfpm_addr *out)
+{
+	out->family = family;
+	out->addr[0] = skops->mptcp_addr[0];
+	out->addr[1] = family == AF_INET6 ? skops->mptcp_addr[1] : 0;
+	out->addr[2] = family == AF_INET6 ? skops->mptcp_addr[2] : 0;
+	out->addr[3] = family == AF_INET6 ? skops->mptcp_addr[3] : 0;
+}
+
+/* The local or remote address of the subflow behind ctx->sk. */
+static __always_inline void bpfpm_sk_addr(const struct bpf_sock_ops *skops,
+					  bool local, struct bpfpm_addr *out)
+{
+	out->family = skops->family;
+	if (skops->family == AF_INET) {
+		out->addr[0] = local ? skops->local_ip4 : skops->remote_ip4;
+		out->addr[1] = out->addr[2] = out->addr[3] = 0;
+		return;
+	}
+	out->addr[0] = local ? skops->local_ip6[0] : skops->remote_ip6[0];
+	out->addr[1] = local ? skops->local_ip6[1] : skops->remote_ip6[1];
+	out->addr[2] = local ? skops->local_ip6[2] : skops->remote_ip6[2];
+	out->addr[3] = local ? skops->local_ip6[3] : skops->remote_ip6[3];
+}
+
+static __always_inline void bpfpm_endp(struct bpf_mptcp_endp *e,
+				       const struct bpfpm_addr *a)
+{
+	__builtin_memset(e, 0, sizeof(*e));
+	if (!a)
+		return;
+	e->family = a->family;
+	e->addr[0] = a->addr[0];
+	e->addr[1] = a->addr[1];
+	e->addr[2] = a->addr[2];
+	e->addr[3] = a->addr[3];
+}
+
+/* Errors seen by a PM, by errno (index 0 counts successes). */
+#define BPFPM_ERRNO_SLOTS 64
+
+#define BPFPM_STATS_MAP							\
+struct {								\
+	__uint(type, BPF_MAP_TYPE_ARRAY);				\
+	__uint(max_entries, BPFPM_ERRNO_SLOTS);				\
+	__type(key, __u32);						\
+	__type(value, __u64);						\
+} pm_results SEC(".maps");						\
+									\
+static __always_inline void bpfpm_count(int ret)			\
+{									\
+	__u32 slot = ret < 0 ? -ret : 0;				\
+	__u64 *v;							\
+									\
+	if (slot >= BPFPM_ERRNO_SLOTS)					\
+		slot = BPFPM_ERRNO_SLOTS - 1;				\
+	v = bpf_map_lookup_elem(&pm_results, &slot);			\
+	if (v)								\
+		__sync_fetch_and_add(v, 1);				\
+}
+
+#endif /* __BPFPM_H */

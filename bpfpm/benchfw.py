@@ -1,0 +1,76 @@
+"""`make bench-framework`: the framework's own speed, measured, not asserted.
+
+Targets (issue 3): no-change rebuild <= 2 s, boot -> SSH ready <= 4 s (TCG),
+command round-trip <= 5 ms. The cold build time is the one recorded by the
+last build that compiled from scratch (see `bpfpm kernel info`); --cold
+re-measures it in a throw-away cache (10+ minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+
+from . import build, host, log, results
+from .agent import Agent
+from .vm import VM
+
+
+def _timeit(fn, n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def main(a) -> int:
+    run = results.new_run("bench-framework")
+    res: dict = {"accel": host.accel()}
+    if a.cold:
+        with tempfile.TemporaryDirectory(prefix="bpfpm-cold-") as d:
+            old = os.environ.get("BPFPM_CACHE")
+            os.environ["BPFPM_CACHE"] = d
+            try:
+                t0 = time.monotonic()
+                build.build()
+                res["cold_build_s"] = round(time.monotonic() - t0, 1)
+            finally:
+                if old is None:
+                    os.environ.pop("BPFPM_CACHE")
+                else:
+                    os.environ["BPFPM_CACHE"] = old
+    kb = build.build()
+    res["last_build_s"] = kb.info.get("seconds")
+    res["no_change_rebuild_s"] = round(min(_timeit(build.build, 3)), 3)
+    boots = []
+    for i in range(3):
+        with VM(kb, run, name=f"bench{i}") as vm:
+            boots.append(vm.boot_seconds)
+            if i == 0:
+                vm.run("true")
+                rt = _timeit(lambda: vm.run("true"), 200)
+                res["cmd_roundtrip_ms_median"] = round(statistics.median(rt) * 1000, 2)
+                res["cmd_roundtrip_ms_p95"] = round(sorted(rt)[189] * 1000, 2)
+                t0 = time.monotonic()
+                ag = Agent(vm)
+                res["agent_start_s"] = round(time.monotonic() - t0, 2)
+                at = _timeit(lambda: ag.call("ping"), 100)
+                res["agent_roundtrip_ms_median"] = round(statistics.median(at) * 1000, 2)
+                ag.close()
+    res["boot_to_ssh_s"] = [round(b, 2) for b in boots]
+    res["boot_to_ssh_s_median"] = round(statistics.median(boots), 2)
+    targets = {"no_change_rebuild_s": 2.0, "boot_to_ssh_s_median": 4.0,
+               "cmd_roundtrip_ms_median": 5.0}
+    print(f"{'metric':32} {'value':>10} {'target':>8}")
+    for k, v in res.items():
+        t = targets.get(k)
+        mark = "" if t is None else ("  ok" if v <= t else "  MISSED")
+        print(f"{k:32} {str(v):>10} {str(t or ''):>8}{mark}")
+    results.write_json(run / "bench-framework.json", res)
+    log.step(f"results in {run / 'bench-framework.json'}")
+    return 0

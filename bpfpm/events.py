@@ -1,0 +1,111 @@
+"""Decoding what the event_recorder BPF program saw (see bpf-pms/)."""
+
+from __future__ import annotations
+
+import tenacity
+
+import collections
+import dataclasses
+import ipaddress
+import socket
+import struct
+
+OPS = {
+    16: "CREATED", 17: "ESTABLISHED", 18: "CLOSED", 19: "SUB_ESTABLISHED",
+    20: "SUB_CLOSED", 21: "ADD_ADDR", 22: "RM_ADDR", 23: "LOCAL_ADDR", 24: "JOIN_REQ",
+}
+FLAGS = {1: "server_side", 2: "fully_established", 4: "fallback", 8: "csum",
+         16: "deny_join_id0"}
+
+
+def ip(words: list[int], family: int) -> str | None:
+    raw = struct.pack("<4I", *words)
+    if family == socket.AF_INET:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    if family == socket.AF_INET6:
+        return str(ipaddress.IPv6Address(raw))
+    return None
+
+
+@dataclasses.dataclass
+class Event:
+    seq: int
+    op: str
+    args: list[int]
+    is_fullsock: bool
+    family: int
+    local: str | None
+    remote: str | None
+    lport: int
+    rport: int
+    loc_token: str
+    rem_token: str
+    loc_key: int
+    rem_key: int
+    flags: set[str]
+    subflow_id: int
+    addr_words: list[int]
+    reply: int
+
+    def addr(self, family: int | None = None) -> str | None:
+        """The event's mptcp_addr (ADD_ADDR / LOCAL_ADDR), as text."""
+        return ip(self.addr_words, family or self.args[1])
+
+    @classmethod
+    def from_map(cls, v: dict) -> "Event":
+        fam = v["family"]
+        return cls(seq=v["seq"], op=OPS.get(v["op"], str(v["op"])), args=list(v["args"]),
+                   is_fullsock=bool(v["is_fullsock"]), family=fam,
+                   local=ip(v["local_ip"], fam), remote=ip(v["remote_ip"], fam),
+                   lport=v["local_port"], rport=socket.ntohs(v["remote_port"] >> 16),
+                   loc_token=f"{v['loc_token']:08x}", rem_token=f"{v['rem_token']:08x}",
+                   loc_key=v["loc_key"], rem_key=v["rem_key"],
+                   flags={n for b, n in FLAGS.items() if v["flags"] & b},
+                   subflow_id=v["subflow_id"], addr_words=list(v["addr"]), reply=v["reply"])
+
+
+def decode(entries: list[dict]) -> list[Event]:
+    evs = [Event.from_map(e["value"]) for e in entries if e["value"]["seq"]]
+    return sorted(evs, key=lambda e: e.seq)
+
+
+class Recorder:
+    """The loaded event_recorder and what it has seen so far."""
+
+    def __init__(self, pm):
+        self.pm = pm
+
+    def events(self) -> list[Event]:
+        return decode(self.pm.map("events"))
+
+    def refuse_joins(self, reply: int = 1) -> None:
+        self.pm.update("config", 0, reply.to_bytes(4, "little"))
+
+    def wait(self, cond, timeout: float = 30, what: str = "events") -> list[Event]:
+        """Poll until cond(events) is true; the events then."""
+        last: list[Event] = []
+
+        def probe():
+            nonlocal last
+            last = self.events()
+            return cond(last)
+        try:
+            tenacity.Retrying(stop=tenacity.stop_after_delay(timeout),
+                              wait=tenacity.wait_fixed(0.2),
+                              retry=tenacity.retry_if_result(lambda ok: not ok))(probe)
+        except tenacity.RetryError:
+            raise AssertionError(f"{what} not seen within {timeout}s; recorded:\n"
+                                 + "\n".join(map(str, last))) from None
+        return last
+
+
+def count(evs: list[Event], op: str, token: str | None = None) -> int:
+    return sum(1 for e in evs if e.op == op and (token is None or e.loc_token == token))
+
+
+def by_token(evs: list[Event], token: str) -> dict[str, list[Event]]:
+    out: dict[str, list[Event]] = collections.defaultdict(list)
+    for e in evs:
+        if e.loc_token == token:
+            out[e.op].append(e)
+    return out

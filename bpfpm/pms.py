@@ -1,0 +1,115 @@
+"""BPF path managers: build them against the kernel, load them in the guest.
+
+Build: vmlinux.h from the built kernel's BTF (bpftool btf dump), then clang
+-target bpf for each bpf-pms/*.bpf.c, into the cache dir keyed by the
+kernel build (nothing lands in the checkout). Load/attach: bpftool in the
+guest (prog load + pinmaps, cgroup attach sock_ops), through the agent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+from . import log
+from .agent import Agent, AgentError
+from .build import KernelBuild
+from .errors import BpfpmError
+from .paths import PMS_DIR, cache_dir
+
+CFLAGS = ["-g", "-O2", "-target", "bpf", "-mcpu=v3", "-D__TARGET_ARCH_x86",
+          "-Wall", "-Werror", "-Wno-unused-function"]
+
+
+def available() -> list[str]:
+    return sorted(p.name[:-len(".bpf.c")] for p in PMS_DIR.glob("*.bpf.c"))
+
+
+def out_dir(kernel: KernelBuild) -> Path:
+    d = cache_dir() / "pms" / kernel.key
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def vmlinux_h(kernel: KernelBuild) -> Path:
+    out = out_dir(kernel) / "vmlinux.h"
+    if not out.exists():
+        r = subprocess.run(["bpftool", "btf", "dump", "file", str(kernel.vmlinux), "format", "c"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise BpfpmError(f"bpftool btf dump of {kernel.vmlinux} failed: {r.stderr.strip()}"
+                             "\nis CONFIG_DEBUG_INFO_BTF=y and pahole installed?")
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(r.stdout)
+        tmp.rename(out)
+    return out
+
+
+def build(kernel: KernelBuild, names: list[str] | None = None) -> dict[str, Path]:
+    """Compile the PMs (all by default); returns name -> object path."""
+    inc = vmlinux_h(kernel).parent
+    headers = sorted(PMS_DIR.glob("*.h"))
+    objs = {}
+    for name in names or available():
+        src = PMS_DIR / f"{name}.bpf.c"
+        if not src.exists():
+            raise BpfpmError(f"no BPF path manager {name!r}; have: {', '.join(available())}")
+        h = hashlib.sha256(src.read_bytes())
+        for hd in headers:
+            h.update(hd.read_bytes())
+        h.update(" ".join(CFLAGS).encode())
+        obj = inc / f"{name}.{h.hexdigest()[:12]}.bpf.o"
+        if not obj.exists():
+            argv = ["clang", *CFLAGS, f"-I{inc}", f"-I{PMS_DIR}", "-c", str(src),
+                    "-o", str(obj) + ".tmp"]
+            r = subprocess.run(argv, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise BpfpmError(f"compiling {src.name} failed:\n{r.stderr.strip()[-3000:]}")
+            Path(str(obj) + ".tmp").rename(obj)
+            log.step(f"built {src.name} -> {obj}")
+        objs[name] = obj
+    return objs
+
+
+class LoadedPM:
+    """A BPF program loaded and attached to the guest's root cgroup.
+
+        with LoadedPM(agent, obj, "ndiffports") as pm:
+            pm.set_config(4)
+    """
+
+    def __init__(self, agent: Agent, obj: Path, name: str):
+        self.agent, self.obj, self.name = agent, obj, name
+        self.attached = False
+
+    def __enter__(self) -> "LoadedPM":
+        try:
+            self.agent.call("bpf.load", obj=str(self.obj), name=self.name)
+        except AgentError as e:
+            raise BpfpmError(f"loading BPF path manager {self.name} failed "
+                             f"(verifier log tail follows):\n{e}") from None
+        self.agent.call("bpf.attach", name=self.name)
+        self.attached = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.agent.call("bpf.unload", name=self.name)
+
+    def map(self, map_name: str) -> list[dict]:
+        return self.agent.call("bpf.map_dump", name=self.name, map=map_name)
+
+    def update(self, map_name: str, key: int, value: bytes) -> None:
+        self.agent.call("bpf.map_update", name=self.name, map=map_name, key=key,
+                        value=list(value))
+
+    def set_config(self, value: int) -> None:
+        self.update("config", 0, value.to_bytes(4, "little"))
+
+    def results(self) -> dict[int, int]:
+        """errno -> count of kfunc calls (0 = success), from pm_results."""
+        out = {}
+        for ent in self.map("pm_results"):
+            if ent["value"]:
+                out[ent["key"]] = ent["value"]
+        return out

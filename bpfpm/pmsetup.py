@@ -1,0 +1,61 @@
+"""Path-manager set-ups a scenario can be run against.
+
+Each one configures a Network for "open subflows like X": the in-kernel
+netlink PM through endpoints and limits, or a BPF PM through
+net.mptcp.pm_type=2 on the client plus its program and maps. The server
+always runs the in-kernel PM (it is the one that announces addresses).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import socket
+import struct
+
+from .scenario import Network
+
+LIMIT = 8
+
+
+def _addr_bytes(addr: str) -> bytes:
+    ip = ipaddress.ip_address(addr)
+    fam = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+    raw = ip.packed + bytes(16 - len(ip.packed))
+    return struct.pack("<I", fam) + raw
+
+
+@dataclasses.dataclass
+class Mesh:
+    """Which addresses take part: client locals and server addresses."""
+    local: list[str]
+    remote: list[str]          # remote[0] is the address the client connects to
+
+    def expected_pairs(self) -> set[tuple[str, str]]:
+        return {(l, r) for l in self.local for r in self.remote
+                if (":" in l) == (":" in r)}
+
+
+def common(net: Network, mesh: Mesh) -> None:
+    for side in ("client", "server"):
+        net.limits(side, subflows=LIMIT, add_addr_accepted=LIMIT)
+    for i, addr in enumerate(mesh.remote[1:], 2):
+        net.endpoint("server", addr, "signal", id=10 + i)
+
+
+def kernel_fullmesh(net: Network, mesh: Mesh, load_pm) -> None:
+    common(net, mesh)
+    for i, addr in enumerate(mesh.local, 1):
+        net.endpoint("client", addr, "subflow", "fullmesh", id=i)
+
+
+def bpf_fullmesh(net: Network, mesh: Mesh, load_pm):
+    common(net, mesh)
+    net.sysctl("client", "net.mptcp.pm_type", 2)
+    pm = load_pm("fullmesh")
+    for i, addr in enumerate(mesh.local):
+        pm.update("locals", i, struct.pack("<I", 1) + _addr_bytes(addr))
+    return pm
+
+
+FULLMESH = {"kernel": kernel_fullmesh, "bpf": bpf_fullmesh}
