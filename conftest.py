@@ -6,6 +6,7 @@ Scope and dependencies:
   guest    (session)  one VM for the session, rebooted after a crash
   vm       (function) the running VM; its kernel log is checked after the test
   agent    (function) the guest agent of that VM
+  network  (function) factory: network(TopoSpec) -> Network, torn down after
   topo     (function) client/server netns joined by veth links, torn down after;
                       shape it with @pytest.mark.topo(links=3, ipv6=False, ...)
   pm_objects (session) the BPF programs of bpf-pms/, compiled for `kernel`
@@ -75,18 +76,36 @@ def agent(vm, guest):
 
 
 @pytest.fixture
-def topo(agent, request):
+def network(agent, request, run_dir):
+    """Factory: network(spec) -> Network created now, destroyed after the test;
+    the transfers it ran are saved to <run>/transfers/<test>.json."""
+    made = []
+
+    def make(spec: TopoSpec) -> Network:
+        net = Network(agent, spec).create()
+        made.append(net)
+        return net
+
+    yield make
+    reports = [r for net in made for r in net.reports()]
+    if reports:
+        (run_dir / "transfers").mkdir(exist_ok=True)
+        results.write_json(run_dir / "transfers" / f"{request.node.name}.json", reports)
+    for net in made:
+        try:
+            net.destroy()
+        except GuestCrashed:
+            pass
+
+
+@pytest.fixture
+def topo(network, request):
     """The scenario's network: created before the test, destroyed after."""
     m = request.node.get_closest_marker("topo")
     kw = dict(m.kwargs) if m else {}
     if hasattr(request, "param"):
         kw.update(request.param)
-    net = Network(agent, TopoSpec.simple(**kw)).create()
-    yield net
-    try:
-        net.destroy()
-    except GuestCrashed:
-        pass
+    return network(TopoSpec.simple(**kw))
 
 
 @pytest.fixture(scope="session")

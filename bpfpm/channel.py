@@ -1,8 +1,9 @@
 """Command channel to the guest: paramiko over vng's forwarded SSH port.
 
 A fresh exec_command costs seconds under TCG, so commands go through one
-long-lived `bash --norc --noprofile` per VM. Each command's output ends with
-a NUL-prefixed marker carrying its exit status, on stdout and on stderr.
+long-lived `bash --norc --noprofile` per VM; each command runs in a subshell
+of it. Its output ends with a NUL-prefixed marker carrying its exit status,
+on stdout and on stderr.
 """
 
 from __future__ import annotations
@@ -91,7 +92,9 @@ class Shell:
     def run(self, cmd: str, timeout: float = 120) -> Result:
         n = next(self._ids)
         marker = f"\0BPFPM{n} ".encode()
-        wrapped = (f"{{ {cmd}\n}} </dev/null; __rc=$?; "
+        # A subshell, so that `exit`, `cd` or `set -e` in one command cannot
+        # end or change the shell the next command runs in.
+        wrapped = (f"( {cmd}\n) </dev/null; __rc=$?; "
                    f"printf '\\0BPFPM{n} %d\\n' $__rc; printf '\\0BPFPM{n} %d\\n' $__rc >&2\n")
         t0 = time.monotonic()
         deadline = t0 + timeout
@@ -114,7 +117,8 @@ class Shell:
         """Kill what the timed-out command started; the shell then reports."""
         try:
             ch = self.transport.open_session()
-            ch.exec_command(f"pkill -KILL -P {self.pid}")
+            ch.exec_command(f"for p in $(pgrep -P {self.pid}); do pkill -KILL -P $p; "
+                            f"kill -KILL $p; done")
             ch.recv_exit_status()
             deadline = time.monotonic() + 10
             for buf, recv, ready in ((self._out, self.chan.recv, self.chan.recv_ready),

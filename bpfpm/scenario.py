@@ -130,6 +130,7 @@ class Network:
     def __init__(self, agent: Agent, spec: TopoSpec):
         self.agent = agent
         self.spec = spec
+        self.transfers: list[Transfer] = []
 
     def create(self) -> "Network":
         self.agent.call("topo.create", spec=self.spec.to_dict())
@@ -173,9 +174,16 @@ class Network:
                  server_proto: str = "mptcp", client_proto: str = "mptcp",
                  seed: int | None = None) -> Transfer:
         port = next(_ports)
-        return Transfer(self, nbytes, self.spec.addr("server", link, family), port,
+        xfer = Transfer(self, nbytes, self.spec.addr("server", link, family), port,
                         server_proto, client_proto, None,
                         seed if seed is not None else port)
+        self.transfers.append(xfer)
+        return xfer
+
+    def reports(self) -> list[dict]:
+        """What every finished transfer saw, for the run's artifacts."""
+        return [{"port": x.port, "addr": x.addr, "client": x.result.client,
+                 "server": x.result.server} for x in self.transfers if x.result]
 
     def ns(self, side: str) -> str:
         return self.spec.client_ns if side == "client" else self.spec.server_ns

@@ -8,6 +8,7 @@ transfer.
 import pytest
 
 from bpfpm.pmsetup import FULLMESH, Mesh
+from bpfpm.topology import TopoSpec
 
 MiB = 1 << 20
 pytestmark = [pytest.mark.vm]
@@ -64,12 +65,9 @@ MESHES = {
 
 @pytest.mark.parametrize("pm", ["kernel", "bpf"])
 @pytest.mark.parametrize("shape", list(MESHES))
-def test_fullmesh_opens_every_pair(agent, load_pm, shape, pm, request):
-    from bpfpm.scenario import Network
-    from bpfpm.topology import TopoSpec
+def test_fullmesh_opens_every_pair(network, load_pm, shape, pm):
     links, mk = MESHES[shape]
-    net = Network(agent, TopoSpec.simple(links, rate_mbit=30)).create()
-    request.addfinalizer(net.destroy)
+    net = network(TopoSpec.simple(links, rate_mbit=30))
     mesh = mk(net.spec)
     FULLMESH[pm](net, mesh, load_pm)
     family = 6 if ":" in mesh.remote[0] else 4
