@@ -42,7 +42,9 @@ def kernel():
 
 
 @pytest.fixture(scope="session")
-def guest(kernel, run_dir):
+def guest(kernel, run_dir, pm_objects):
+    # pm_objects first: the guest's 9p root caches directory entries, so
+    # files must exist before it boots.
     gs = GuestSession(kernel, run_dir)
     results.write_json(run_dir / "kernel.json", kernel.info | {"release": None})
     yield gs
@@ -110,7 +112,8 @@ def topo(network, request):
 
 @pytest.fixture(scope="session")
 def pm_objects(kernel):
-    return pms.build(kernel)
+    """name -> compiled object, or the compile error (raised when used)."""
+    return pms.build_all(kernel)
 
 
 @pytest.fixture
@@ -119,7 +122,10 @@ def load_pm(agent, pm_objects):
     loaded = []
 
     def load(name: str) -> pms.LoadedPM:
-        pm = pms.LoadedPM(agent, pm_objects[name], name).__enter__()
+        obj = pm_objects[name]
+        if isinstance(obj, Exception):
+            raise obj
+        pm = pms.LoadedPM(agent, obj, name).__enter__()
         loaded.append(pm)
         return pm
 

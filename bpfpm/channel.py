@@ -62,9 +62,10 @@ class Shell:
         self.chan.exec_command("exec bash --norc --noprofile")
         self._out = bytearray()
         self._err = bytearray()
-        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        self.pid = int(self.run(f"export {exports}; echo $$" if exports else "echo $$",
-                                timeout=60).check().stdout.strip())
+        # The environment is set in the shell itself: commands run in subshells.
+        for k, v in env.items():
+            self.chan.sendall(f"export {k}={shlex.quote(v)}\n".encode())
+        self.pid = int(self.run("echo $$", timeout=60).check().stdout.strip())
 
     def _read_until(self, buf: bytearray, marker: bytes, recv, ready, deadline: float) -> bytes:
         while True:

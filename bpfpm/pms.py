@@ -46,6 +46,17 @@ def vmlinux_h(kernel: KernelBuild) -> Path:
     return out
 
 
+def build_all(kernel: KernelBuild) -> dict[str, Path | BpfpmError]:
+    """Every PM: name -> object, or the error that stopped it from building."""
+    out: dict[str, Path | BpfpmError] = {}
+    for name in available():
+        try:
+            out.update(build(kernel, [name]))
+        except BpfpmError as e:
+            out[name] = e
+    return out
+
+
 def build(kernel: KernelBuild, names: list[str] | None = None) -> dict[str, Path]:
     """Compile the PMs (all by default); returns name -> object path."""
     inc = vmlinux_h(kernel).parent

@@ -28,6 +28,14 @@ SSH_KEY = Path.home() / ".cache" / "virtme-ng" / ".ssh" / "id_virtme"
 BOOT_DEADLINE = float(os.environ.get("BPFPM_BOOT_TIMEOUT", "120"))
 VENV_BIN = ROOT / ".venv" / "bin"
 
+# panic=-1: a panicked guest reboots at once, and QEMU (-no-reboot) exits.
+# rootflags: vng's own 9p root options plus cache=loose. The root is
+# read-only and does not change during a run, and caching its metadata makes
+# Python start 2-4x faster under TCG. Files created on the host after boot
+# may stay invisible, so everything the guest reads is built before it boots.
+BOOT_ARGS = ["panic=-1",
+             "rootflags=version=9p2000.L,trans=virtio,access=any,msize=524288,cache=loose"]
+
 
 def guest_env() -> dict[str, str]:
     return {
@@ -69,9 +77,8 @@ class VM:
                 f"--qemu-opts=-pidfile {self.pidfile}"]
         if host.accel() == "tcg":
             argv.append("--disable-kvm")
-        for a in ["panic=-1", "oops=panic" if False else "", *self.append]:
-            if a:
-                argv += ["--append", a]
+        for a in [*BOOT_ARGS, *self.append]:
+            argv += ["--append", a]
         argv += ["--exec", "exec sleep infinity"]
         return argv
 
