@@ -147,7 +147,8 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
 
     d = sub.add_parser("demo", help="two-link MPTCP transfer; per-connection subflow table")
-    d.add_argument("--pm", default="auto", help="path manager: kernel, or a BPF PM name")
+    d.add_argument("--pm", default="auto", choices=("auto", "bpf", "kernel"),
+                   help="fullmesh by the BPF PM or the in-kernel PM (auto: bpf if patched)")
     d.add_argument("--bytes", type=int, default=32 << 20)
     d.set_defaults(fn=cmd_demo)
 

@@ -79,3 +79,88 @@ def test_fullmesh_opens_every_pair(network, load_pm, shape, pm):
     res.assert_intact()
     assert res.pairs() == mesh.expected_pairs(), res.table()
     assert len(res.subflows) == len(mesh.expected_pairs()), res.table()
+
+
+@pytest.mark.topo(links=2, rate_mbit=20)
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+def test_fullmesh_follows_a_local_address_added_then_removed(topo, load_pm, family):
+    t = topo.spec
+    FULLMESH["bpf"](topo, Mesh([t.addr("client", 1, family)], [t.addr("server", 1, family)]),
+                    load_pm)
+    new = "10.0.2.11" if family == 4 else "fd00:2::11"
+
+    with topo.transfer(8 * MiB, family=family) as xfer:
+        xfer.wait_progress(0.1)
+        topo.agent.call("topo.addr_raw", ns=t.client_ns, ifname="c2", address=new, add=True)
+        xfer.wait_progress(0.5)
+        topo.agent.call("topo.addr_raw", ns=t.client_ns, ifname="c2", address=new, add=False)
+
+    res = xfer.result
+    res.assert_intact()
+    added = [sf for sf in res.subflows if sf["local"] == new]
+    assert added, f"no subflow from the added address {new}:\n{res.table()}"
+    assert added[0]["bytes_acked"] > 0, res.table()
+    assert all(sf["local"] != new for sf in res.final_subflows), \
+        f"the subflow of the removed address survived:\n{res.table()}"
+
+
+@pytest.mark.topo(links=2, rate_mbit=20)
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+def test_fullmesh_joins_announced_address_and_leaves_it_on_rm_addr(topo, load_pm, family):
+    t = topo.spec
+    announced = t.addr("server", 2, family)
+    FULLMESH["bpf"](topo, Mesh([t.addr("client", 1, family)], [t.addr("server", 1, family),
+                                                               announced]), load_pm)
+    mon = topo.monitor("client")
+
+    with topo.transfer(8 * MiB, family=family) as xfer:
+        mon.wait_for("SF_ESTABLISHED")
+        xfer.wait_progress(0.4)
+        topo.endpoint_del("server", id=12)
+        mon.wait_for("REMOVED")
+
+    res = xfer.result
+    res.assert_intact()
+    assert (t.addr("client", 1, family), announced) in res.pairs(), res.table()
+    assert all(sf["remote"] != announced for sf in res.final_subflows), res.table()
+
+
+@pytest.mark.topo(links=2)
+@pytest.mark.parametrize("pm", ["ndiffports", "fullmesh"])
+def test_bpf_pm_is_harmless_when_the_peer_is_plain_tcp(topo, load_pm, pm):
+    limits(topo)
+    topo.sysctl("client", "net.mptcp.pm_type", 2)
+    loaded = load_pm(pm)
+
+    with topo.transfer(4 * MiB, server_proto="tcp") as xfer:
+        pass
+
+    res = xfer.result
+    res.assert_intact()
+    assert res.fallback
+    assert loaded.results().get(0, 0) == 0, "no subflow request can succeed on a fallback"
+
+
+@pytest.mark.topo(links=3, rate_mbit=30)
+def test_policy_pm_refuses_joins_from_a_denied_prefix(topo, load_pm):
+    import struct
+    t = topo.spec
+    limits(topo)
+    topo.sysctl("server", "net.mptcp.pm_type", 2)
+    pm = load_pm("policy")
+    # deny 10.0.2.0/24: used, family AF_INET, address, prefix length
+    pm.update("deny", 0, struct.pack("<II", 1, 2) + bytes([10, 0, 2, 0]) + bytes(12)
+              + struct.pack("<I", 24))
+    topo.endpoint("client", t.addr("client", 2), "subflow", id=2)
+    topo.endpoint("client", t.addr("client", 3), "subflow", id=3)
+
+    with topo.transfer(8 * MiB) as xfer:
+        pass
+
+    res = xfer.result
+    res.assert_intact()
+    assert all(sf["local"] != t.addr("client", 2) for sf in res.subflows), \
+        f"a subflow from the denied prefix exists:\n{res.table()}"
+    assert (t.addr("client", 3), t.addr("server", 1)) in res.pairs(), res.table()
+    decisions = {e["key"]: e["value"] for e in pm.map("decisions")}
+    assert decisions[0] >= 1 and decisions[1] >= 1, decisions
