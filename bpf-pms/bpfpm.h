@@ -32,6 +32,12 @@ extern int bpf_mptcp_close_subflow(struct bpf_sock_ops *ctx,
 				   const struct bpf_mptcp_endp *src,
 				   const struct bpf_mptcp_endp *dst) __ksym;
 
+/* Read a bpf_sock_ops field right here. Without it, clang may merge the
+ * loads of two branches into one through a computed ctx pointer, which the
+ * verifier rejects ("dereference of modified ctx ptr").
+ */
+#define BPFPM_CTX(expr) ({ __u32 __v = (expr); asm volatile("" : "+r"(__v)); __v; })
+
 /* An address as the maps store it: family + 16 bytes, network order. */
 struct bpfpm_addr {
 	__u32 family;
@@ -54,10 +60,13 @@ static __always_inline void bpfpm_event_addr(const struct bpf_sock_ops *skops,
 					     __u32 family, struct bpfpm_addr *out)
 {
 	out->family = family;
-	out->addr[0] = skops->mptcp_addr[0];
-	out->addr[1] = family == AF_INET6 ? skops->mptcp_addr[1] : 0;
-	out->addr[2] = family == AF_INET6 ? skops->mptcp_addr[2] : 0;
-	out->addr[3] = family == AF_INET6 ? skops->mptcp_addr[3] : 0;
+	out->addr[0] = BPFPM_CTX(skops->mptcp_addr[0]);
+	out->addr[1] = out->addr[2] = out->addr[3] = 0;
+	if (family == AF_INET6) {
+		out->addr[1] = BPFPM_CTX(skops->mptcp_addr[1]);
+		out->addr[2] = BPFPM_CTX(skops->mptcp_addr[2]);
+		out->addr[3] = BPFPM_CTX(skops->mptcp_addr[3]);
+	}
 }
 
 /* The local or remote address of the subflow behind ctx->sk. */
@@ -65,15 +74,22 @@ static __always_inline void bpfpm_sk_addr(const struct bpf_sock_ops *skops,
 					  bool local, struct bpfpm_addr *out)
 {
 	out->family = skops->family;
-	if (skops->family == AF_INET) {
-		out->addr[0] = local ? skops->local_ip4 : skops->remote_ip4;
-		out->addr[1] = out->addr[2] = out->addr[3] = 0;
-		return;
+	out->addr[1] = out->addr[2] = out->addr[3] = 0;
+	if (skops->family == AF_INET && local) {
+		out->addr[0] = BPFPM_CTX(skops->local_ip4);
+	} else if (skops->family == AF_INET) {
+		out->addr[0] = BPFPM_CTX(skops->remote_ip4);
+	} else if (local) {
+		out->addr[0] = BPFPM_CTX(skops->local_ip6[0]);
+		out->addr[1] = BPFPM_CTX(skops->local_ip6[1]);
+		out->addr[2] = BPFPM_CTX(skops->local_ip6[2]);
+		out->addr[3] = BPFPM_CTX(skops->local_ip6[3]);
+	} else {
+		out->addr[0] = BPFPM_CTX(skops->remote_ip6[0]);
+		out->addr[1] = BPFPM_CTX(skops->remote_ip6[1]);
+		out->addr[2] = BPFPM_CTX(skops->remote_ip6[2]);
+		out->addr[3] = BPFPM_CTX(skops->remote_ip6[3]);
 	}
-	out->addr[0] = local ? skops->local_ip6[0] : skops->remote_ip6[0];
-	out->addr[1] = local ? skops->local_ip6[1] : skops->remote_ip6[1];
-	out->addr[2] = local ? skops->local_ip6[2] : skops->remote_ip6[2];
-	out->addr[3] = local ? skops->local_ip6[3] : skops->remote_ip6[3];
 }
 
 static __always_inline void bpfpm_endp(struct bpf_mptcp_endp *e,

@@ -94,18 +94,18 @@ int record(struct bpf_sock_ops *skops)
 	e->args[2] = skops->args[2];
 	e->is_fullsock = skops->is_fullsock;
 	e->family = skops->family;
-	if (skops->family == AF_INET) {
-		e->local_ip[0] = skops->local_ip4;
-		e->remote_ip[0] = skops->remote_ip4;
-	} else if (skops->family == AF_INET6) {
-		e->local_ip[0] = skops->local_ip6[0];
-		e->local_ip[1] = skops->local_ip6[1];
-		e->local_ip[2] = skops->local_ip6[2];
-		e->local_ip[3] = skops->local_ip6[3];
-		e->remote_ip[0] = skops->remote_ip6[0];
-		e->remote_ip[1] = skops->remote_ip6[1];
-		e->remote_ip[2] = skops->remote_ip6[2];
-		e->remote_ip[3] = skops->remote_ip6[3];
+	if (e->family == AF_INET) {
+		e->local_ip[0] = BPFPM_CTX(skops->local_ip4);
+		e->remote_ip[0] = BPFPM_CTX(skops->remote_ip4);
+	} else if (e->family == AF_INET6) {
+		e->local_ip[0] = BPFPM_CTX(skops->local_ip6[0]);
+		e->local_ip[1] = BPFPM_CTX(skops->local_ip6[1]);
+		e->local_ip[2] = BPFPM_CTX(skops->local_ip6[2]);
+		e->local_ip[3] = BPFPM_CTX(skops->local_ip6[3]);
+		e->remote_ip[0] = BPFPM_CTX(skops->remote_ip6[0]);
+		e->remote_ip[1] = BPFPM_CTX(skops->remote_ip6[1]);
+		e->remote_ip[2] = BPFPM_CTX(skops->remote_ip6[2]);
+		e->remote_ip[3] = BPFPM_CTX(skops->remote_ip6[3]);
 	}
 	e->local_port = skops->local_port;
 	e->remote_port = skops->remote_port;	/* be16 in the upper half */

@@ -83,6 +83,7 @@ def test_subflow_established_and_closed(topo, recorder, load_pm, family):
     assert len(closed_c) <= 2 and len(srv["SUB_CLOSED"]) <= 2
 
 
+@pytest.mark.topo(links=2, rate_mbit=8)     # slow enough to act mid-transfer
 @pytest.mark.parametrize("family", FAMILIES)
 def test_add_addr_and_rm_addr_carry_the_address(topo, recorder, family):
     use_bpf_pm(topo, "client")
@@ -105,6 +106,7 @@ def test_add_addr_and_rm_addr_carry_the_address(topo, recorder, family):
     assert add.loc_token == rm.loc_token == xfer.result.client["conn"]["token"]
 
 
+@pytest.mark.topo(links=2, rate_mbit=8)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_local_address_added_and_removed_while_connected(topo, recorder, family):
     use_bpf_pm(topo, "client")
