@@ -57,32 +57,48 @@ static __always_inline bool is_initial(const struct conn *c, const struct bpfpm_
 	return r == 0 && bpfpm_addr_eq(l, &c->init_local);
 }
 
-static void mesh(struct bpf_sock_ops *skops, struct conn *c)
+struct mesh_ctx {
+	struct bpf_sock_ops *skops;
+	struct conn *c;
+};
+
+/* One local address against every remote one; a bpf_loop() callback, so
+ * that the verifier walks 8 pairs, not the whole 8 x 8 mesh at once.
+ */
+static long mesh_local(__u32 i, void *data)
 {
+	struct mesh_ctx *m = data;
 	struct bpf_mptcp_endp src, dst;
+	struct conn *c = m->c;
 	struct local_addr *l;
-	__u32 i, j;
+	__u32 j;
 	int ret;
 
-	for (i = 0; i < BPFPM_MAX_ADDRS; i++) {
-		l = bpf_map_lookup_elem(&locals, &i);
-		if (!l || !l->used)
+	l = bpf_map_lookup_elem(&locals, &i);
+	if (!l || !l->used || i >= BPFPM_MAX_ADDRS)
+		return 0;
+	for (j = 0; j < BPFPM_MAX_ADDRS; j++) {
+		if (!c->remote_used[j] || (c->opened[j] & (1 << i)))
 			continue;
-		for (j = 0; j < BPFPM_MAX_ADDRS; j++) {
-			if (!c->remote_used[j] || (c->opened[j] & (1 << i)))
-				continue;
-			if (c->remote[j].family != l->a.family || is_initial(c, &l->a, j))
-				continue;
-			bpfpm_endp(&src, &l->a);
-			bpfpm_endp(&dst, &c->remote[j]);
-			ret = bpf_mptcp_open_subflow(skops, &src, &dst);
-			bpfpm_count(ret);
-			if (ret == -BPFPM_ENOSPC)
-				return;
-			if (!ret)
-				c->opened[j] |= 1 << i;
-		}
+		if (c->remote[j].family != l->a.family || is_initial(c, &l->a, j))
+			continue;
+		bpfpm_endp(&src, &l->a);
+		bpfpm_endp(&dst, &c->remote[j]);
+		ret = bpf_mptcp_open_subflow(m->skops, &src, &dst);
+		bpfpm_count(ret);
+		if (ret == -BPFPM_ENOSPC)
+			return 1;	/* limit reached: stop */
+		if (!ret)
+			c->opened[j] |= 1 << i;
 	}
+	return 0;
+}
+
+static void mesh(struct bpf_sock_ops *skops, struct conn *c)
+{
+	struct mesh_ctx m = { .skops = skops, .c = c };
+
+	bpf_loop(BPFPM_MAX_ADDRS, mesh_local, &m, 0);
 }
 
 static void on_created(struct bpf_sock_ops *skops)
@@ -134,42 +150,54 @@ static void on_rm_addr(struct bpf_sock_ops *skops, struct conn *c)
 	}
 }
 
+struct find_ctx {
+	struct bpfpm_addr a;
+	__u32 slot;	/* where `a` is, or BPFPM_MAX_ADDRS */
+	__u32 free;	/* first unused slot, or BPFPM_MAX_ADDRS */
+};
+
+static long find_local(__u32 i, void *data)
+{
+	struct find_ctx *f = data;
+	struct local_addr *l = bpf_map_lookup_elem(&locals, &i);
+
+	if (!l)
+		return 1;
+	if (l->used && bpfpm_addr_eq(&l->a, &f->a))
+		f->slot = i;
+	else if (!l->used && f->free == BPFPM_MAX_ADDRS)
+		f->free = i;
+	return 0;
+}
+
 static void on_local_addr(struct bpf_sock_ops *skops, struct conn *c)
 {
+	struct find_ctx f = { .slot = BPFPM_MAX_ADDRS, .free = BPFPM_MAX_ADDRS };
 	struct bpf_mptcp_endp src, dst;
-	struct bpfpm_addr a;
-	struct local_addr *l;
-	__u32 i, j, free = BPFPM_MAX_ADDRS, slot = BPFPM_MAX_ADDRS;
+	__u32 j, slot;
 
-	bpfpm_event_addr(skops, skops->args[1], &a);
-	if (!usable(&a))
+	bpfpm_event_addr(skops, skops->args[1], &f.a);
+	if (!usable(&f.a))
 		return;
-	for (i = 0; i < BPFPM_MAX_ADDRS; i++) {
-		l = bpf_map_lookup_elem(&locals, &i);
-		if (!l)
-			continue;
-		if (l->used && bpfpm_addr_eq(&l->a, &a))
-			slot = i;
-		else if (!l->used && free == BPFPM_MAX_ADDRS)
-			free = i;
-	}
+	bpf_loop(BPFPM_MAX_ADDRS, find_local, &f, 0);
 
 	if (skops->args[0]) {		/* added: one event per connection */
-		if (slot == BPFPM_MAX_ADDRS) {
-			struct local_addr nl = { .used = 1, .a = a };
+		if (f.slot == BPFPM_MAX_ADDRS) {
+			struct local_addr nl = { .used = 1, .a = f.a };
 
-			if (free == BPFPM_MAX_ADDRS)
+			if (f.free >= BPFPM_MAX_ADDRS)
 				return;
-			bpf_map_update_elem(&locals, &free, &nl, BPF_ANY);
+			bpf_map_update_elem(&locals, &f.free, &nl, BPF_ANY);
 		}
 		mesh(skops, c);
 		return;
 	}
 
 	/* removed: close what used it, then forget it */
-	bpfpm_endp(&src, &a);
+	bpfpm_endp(&src, &f.a);
 	bpfpm_endp(&dst, NULL);
 	bpfpm_count(bpf_mptcp_close_subflow(skops, &src, &dst));
+	slot = f.slot;
 	if (slot < BPFPM_MAX_ADDRS) {
 		struct local_addr gone = {};
 
