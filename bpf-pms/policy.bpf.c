@@ -58,17 +58,31 @@ static __always_inline bool in_prefix(const struct bpfpm_addr *a, const struct p
 	return true;
 }
 
+struct deny_ctx {
+	struct bpfpm_addr a;
+	bool hit;
+};
+
+static long match_prefix(__u32 i, void *data)
+{
+	struct deny_ctx *d = data;
+	struct prefix *p = bpf_map_lookup_elem(&deny, &i);
+
+	if (!p)
+		return 1;
+	if (p->used && in_prefix(&d->a, p)) {
+		d->hit = true;
+		return 1;
+	}
+	return 0;
+}
+
 static bool denied(const struct bpfpm_addr *a)
 {
-	struct prefix *p;
-	__u32 i;
+	struct deny_ctx d = { .a = *a };
 
-	for (i = 0; i < BPFPM_MAX_ADDRS; i++) {
-		p = bpf_map_lookup_elem(&deny, &i);
-		if (p && p->used && in_prefix(a, p))
-			return true;
-	}
-	return false;
+	bpf_loop(BPFPM_MAX_ADDRS, match_prefix, &d, 0);
+	return d.hit;
 }
 
 static __always_inline void decide(__u32 what)

@@ -159,8 +159,12 @@ def test_policy_pm_refuses_joins_from_a_denied_prefix(topo, load_pm):
 
     res = xfer.result
     res.assert_intact()
-    assert all(sf["local"] != t.addr("client", 2) for sf in res.subflows), \
-        f"a subflow from the denied prefix exists:\n{res.table()}"
+    denied = t.addr("client", 2)
+    # the server never had it; the client only saw its join handshake, reset
+    assert all(sf["remote"] != denied for sf in res.server["subflows_seen"]), res.server
+    assert all(sf["bytes_acked"] <= 1 for sf in res.subflows if sf["local"] == denied), \
+        f"a subflow from the denied prefix carried data:\n{res.table()}"
+    assert all(sf["local"] != denied for sf in res.final_subflows), res.table()
     assert (t.addr("client", 3), t.addr("server", 1)) in res.pairs(), res.table()
     decisions = {e["key"]: e["value"] for e in pm.map("decisions")}
     assert decisions[0] >= 1 and decisions[1] >= 1, decisions
