@@ -64,10 +64,11 @@ class Agent:
         line, self._buf = self._buf.split(b"\n", 1)
         return json.loads(line)
 
-    def call(self, op: str, timeout: float = 120, **args):
+    def call(self, op: str, _timeout: float = 120, **args):
+        """Run one guest operation; `_timeout` bounds the wait for its answer."""
         rid = next(self._ids)
         self.chan.sendall((json.dumps({"id": rid, "op": op, "args": args}) + "\n").encode())
-        resp = self._readline(time.monotonic() + timeout)
+        resp = self._readline(time.monotonic() + _timeout)
         if not resp.get("ok"):
             raise AgentError(op, resp)
         return resp.get("result")

@@ -100,8 +100,8 @@ class Transfer:
 
     def wait(self, timeout: float = 180) -> TransferResult:
         a = self.net.agent
-        cli = a.call("proc.wait", handle=self.cli, timeout=timeout, **{})
-        srv = a.call("proc.wait", handle=self.srv, timeout=30)
+        cli = a.call("proc.wait", handle=self.cli, timeout=timeout, _timeout=timeout + 30)
+        srv = a.call("proc.wait", handle=self.srv, timeout=30, _timeout=60)
         if cli["report"] is None or srv["report"] is None:
             raise AssertionError(
                 f"transfer failed: client rc {cli['rc']} stderr:\n{cli['stderr']}\n"
@@ -179,6 +179,22 @@ class Network:
                         seed if seed is not None else port)
         self.transfers.append(xfer)
         return xfer
+
+    def burst(self, count: int, subflows: int = 2, wait: bool = True,
+              timeout: float = 600) -> tuple[dict, dict]:
+        """`count` concurrent connections; each waits for `subflows` subflows
+        (unless wait=False: closed as soon as established). Reports of the
+        client and the server."""
+        port = next(_ports)
+        srv = self.agent.call("burst.server", ns=self.spec.server_ns, port=port, count=count)
+        cli = self.agent.call("burst.client", ns=self.spec.client_ns,
+                              addr=self.spec.addr("server", 1), port=port, count=count,
+                              subflows=subflows, wait=wait)
+        c = self.agent.call("proc.wait", handle=cli, timeout=timeout, _timeout=timeout + 30)
+        s = self.agent.call("proc.wait", handle=srv, timeout=60, _timeout=90)
+        if c["report"] is None or s["report"] is None:
+            raise AssertionError(f"burst failed: client {c['stderr']}\nserver {s['stderr']}")
+        return c["report"], s["report"]
 
     def reports(self) -> list[dict]:
         """What every finished transfer saw, for the run's artifacts."""

@@ -52,7 +52,7 @@ class GuestSession:
     def _responsive(self) -> bool:
         try:
             self.vm.run("true", timeout=20)
-            self.agent.call("ping", timeout=20)
+            self.agent.call("ping", _timeout=20)
             return True
         except Exception:
             return False

@@ -183,6 +183,33 @@ def op_xfer_client(ns: str, addr: str, port: int, nbytes: int = 8 << 20, seed: i
                        {"report": "report.json", "progress": "progress"})
 
 
+def op_burst_server(ns: str, port: int, count: int, family: int = 4) -> int:
+    h = PROCS.start(ns, [*PY, "bpfpm.guest.xfer", "burst-server", "--port", str(port),
+                         "--family", str(family), "--count", str(count),
+                         "--report", "{report}"], "burst-server", {"report": "report.json"})
+    _wait_file(PROCS.get(h)["files"]["report"] + ".ready", 60, PROCS.get(h))
+    return h
+
+
+def op_burst_client(ns: str, addr: str, port: int, count: int, subflows: int = 2,
+                    wait: bool = True) -> int:
+    argv = [*PY, "bpfpm.guest.xfer", "burst-client", "--addr", addr, "--port", str(port),
+            "--count", str(count), "--subflows", str(subflows), "--report", "{report}"]
+    if not wait:
+        argv.append("--no-wait")
+    return PROCS.start(ns, argv, "burst-client", {"report": "report.json"})
+
+
+def op_slab(name: str) -> int:
+    """Active objects of one slab cache (-1 when there is no such cache)."""
+    with open("/proc/slabinfo") as f:
+        for line in f:
+            parts = line.split()
+            if parts and parts[0] == name:
+                return int(parts[1])
+    return -1
+
+
 def op_xfer_progress(handle: int) -> list:
     e = PROCS.get(handle)
     try:

@@ -125,6 +125,78 @@ def client(a) -> int:
     return 0
 
 
+def burst_server(a) -> int:
+    """Serve many connections at once: read 1 KiB, answer 1 byte, wait EOF."""
+    import selectors
+    fam = socket.AF_INET6 if a.family == 6 else socket.AF_INET
+    ls = socket.socket(fam, socket.SOCK_STREAM, IPPROTO_MPTCP)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", a.port))
+    ls.listen(1024)
+    ls.setblocking(False)
+    _write_json(a.report + ".ready", {"port": a.port})
+    sel = selectors.DefaultSelector()
+    sel.register(ls, selectors.EVENT_READ)
+    got: dict = {}
+    accepted = closed = 0
+    while closed < a.count:
+        for key, _ in sel.select(timeout=a.timeout):
+            if key.fileobj is ls:
+                conn, _peer = ls.accept()
+                conn.setblocking(False)
+                got[conn] = 0
+                sel.register(conn, selectors.EVENT_READ)
+                accepted += 1
+                continue
+            conn = key.fileobj
+            data = conn.recv(65536)
+            if not data:
+                sel.unregister(conn)
+                conn.close()
+                closed += 1
+                continue
+            before = got[conn]
+            got[conn] += len(data)
+            if before < 1024 <= got[conn]:
+                conn.send(b"k")
+    _write_json(a.report, {"accepted": accepted, "closed": closed})
+    return 0
+
+
+def burst_client(a) -> int:
+    """Open `count` connections, make each fully established, then wait until
+    each has `subflows` subflows (or the deadline), and close them all."""
+    fam = socket.AF_INET6 if ":" in a.addr else socket.AF_INET
+    socks = []
+    t0 = time.monotonic()
+    for _ in range(a.count):
+        s = socket.socket(fam, socket.SOCK_STREAM, IPPROTO_MPTCP)
+        s.settimeout(a.timeout)
+        s.connect((a.addr, a.port))
+        s.sendall(b"x" * 1024)
+        socks.append(s)
+    for s in socks:
+        if s.recv(1) != b"k":
+            raise RuntimeError("server did not answer")
+    established = time.monotonic() - t0
+    deadline = time.monotonic() + a.timeout
+    counts = []
+    while True:
+        counts = [len(mptcpinfo.subflows(s)) for s in socks]
+        if all(c >= a.subflows for c in counts) or time.monotonic() > deadline or a.no_wait:
+            break
+        time.sleep(0.5)
+    for s in socks:
+        s.close()
+    hist: dict = {}
+    for c in counts:
+        hist[c] = hist.get(c, 0) + 1
+    _write_json(a.report, {"connections": len(socks), "subflow_histogram": hist,
+                           "established_s": round(established, 2),
+                           "seconds": round(time.monotonic() - t0, 2)})
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bpfpm.guest.xfer", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -145,8 +217,23 @@ def main(argv=None) -> int:
     cp.add_argument("--timeout", type=float, default=120)
     cp.add_argument("--report", required=True)
     cp.add_argument("--progress", required=True)
+    bs = sub.add_parser("burst-server")
+    bs.add_argument("--port", type=int, required=True)
+    bs.add_argument("--family", type=int, choices=(4, 6), default=4)
+    bs.add_argument("--count", type=int, required=True)
+    bs.add_argument("--timeout", type=float, default=300)
+    bs.add_argument("--report", required=True)
+    bc = sub.add_parser("burst-client")
+    bc.add_argument("--addr", required=True)
+    bc.add_argument("--port", type=int, required=True)
+    bc.add_argument("--count", type=int, required=True)
+    bc.add_argument("--subflows", type=int, default=2, help="wait until each has this many")
+    bc.add_argument("--no-wait", action="store_true", help="close as soon as established")
+    bc.add_argument("--timeout", type=float, default=300)
+    bc.add_argument("--report", required=True)
     a = p.parse_args(argv)
-    return server(a) if a.role == "server" else client(a)
+    return {"server": server, "client": client, "burst-server": burst_server,
+            "burst-client": burst_client}[a.role](a)
 
 
 if __name__ == "__main__":
