@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.bpfpm-setup
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: help setup kernel pms shell demo test test-fast vmtest bench-framework \
-        kselftest bisect clean-results
+        debug-test kselftest bisect clean-results
 
 help:
 	@echo "make setup            install Debian packages + Python venv (idempotent)"
@@ -21,6 +21,7 @@ help:
 	@echo "make test-fast        unit tests only (no VM)"
 	@echo "make vmtest T=expr    VM scenarios matching a pytest -k expression"
 	@echo "make bench-framework  measure build/boot/command speed targets"
+	@echo "make debug-test       BPF PM scenarios on the debug kernel (KASAN, lockdep, kmemleak; long)"
 	@echo "make kselftest        upstream MPTCP selftests, unpatched vs patched (long)"
 	@echo "make bisect GOOD=.. BAD=.. T='pytest args'   git bisect run over KERNEL_SRC"
 
@@ -55,6 +56,9 @@ test-fast: setup
 
 vmtest: setup
 	$(BPFPM) test -k "$(T)" vmtests $(ARGS)
+
+debug-test: setup
+	DEBUG=1 $(BPFPM) test vmtests/test_hooks.py vmtests/test_kfuncs.py vmtests/test_bpf_pms.py $(ARGS)
 
 kselftest: setup
 	$(BPFPM) kselftest $(ARGS)

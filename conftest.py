@@ -57,6 +57,7 @@ def vm(guest, request, run_dir):
     vm = guest.ensure()
     begin = guest.begin_test(request.node.nodeid)
     yield vm
+    leaks = guest.kmemleak_scan() if guest.kernel.info.get("debug") else ""
     segment, splats = guest.end_test(request.node.nodeid, begin)
     slug = request.node.name.replace("/", "_")
     (run_dir / "dmesg").mkdir(exist_ok=True)
@@ -68,6 +69,8 @@ def vm(guest, request, run_dir):
         report = "\n\n".join(guest.decode(s) for s in splats)
         pytest.fail(f"kernel log of this test has {len(splats)} splat(s) "
                     f"({', '.join(s.kind for s in splats)}):\n{report}", pytrace=False)
+    if leaks:
+        pytest.fail(f"kmemleak found leaks after this test:\n{leaks[:6000]}", pytrace=False)
     if dead:
         raise GuestCrashed(f"guest died or hung during the test; console: {vm.console_log}")
 

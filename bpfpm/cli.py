@@ -42,6 +42,19 @@ def cmd_kernel(a) -> int:
     return 2
 
 
+def cmd_pms(a) -> int:
+    from . import build, pms
+    kb = build.build()
+    failed = 0
+    for name, obj in pms.build_all(kb).items():
+        if isinstance(obj, Exception):
+            failed += 1
+            log.error(f"{name}: {obj}")
+        else:
+            print(f"{name}: {obj}")
+    return 1 if failed else 0
+
+
 def _boot(a, label: str):
     from . import build, results
     from .vm import VM
@@ -132,6 +145,10 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("action", choices=("build", "info"))
     k.add_argument("--debug", action="store_true", help="debug config (same as DEBUG=1)")
     k.set_defaults(fn=cmd_kernel)
+
+    pm = sub.add_parser("pms", help="compile the BPF path managers (bpf-pms/) for the kernel")
+    pm.add_argument("action", choices=("build",))
+    pm.set_defaults(fn=cmd_pms)
 
     s = sub.add_parser("shell", help="boot the guest and open an interactive shell")
     s.add_argument("--dry-run", action="store_true", help="print the vng command line")

@@ -90,6 +90,15 @@ class GuestSession:
             time.sleep(0.05)
         raise GuestCrashed(f"marker {mark} never reached the console")
 
+    def kmemleak_scan(self) -> str:
+        """Debug kernels: scan now, return the report of new leaks (and clear it)."""
+        if self.vm is None or not self.vm.alive():
+            return ""
+        ctl = "/sys/kernel/debug/kmemleak"
+        res = self.vm.run(f"echo scan > {ctl} && cat {ctl} && echo clear > {ctl}",
+                          timeout=300, check=False)
+        return res.stdout.strip() if res.rc == 0 else ""
+
     def decode(self, splat: klog.Splat) -> str:
         return klog.decode(splat.text, self.kernel.vmlinux, self.kernel.src_dir)
 
