@@ -46,7 +46,7 @@ def guest(kernel, run_dir, pm_objects):
     # pm_objects first: the guest's 9p root caches directory entries, so
     # files must exist before it boots.
     gs = GuestSession(kernel, run_dir)
-    results.write_json(run_dir / "kernel.json", kernel.info | {"release": None})
+    results.write_json(run_dir / "kernel.json", kernel.info | {"release": kernel.release})
     yield gs
     gs.stop()
 
@@ -62,7 +62,7 @@ def vm(guest, request, run_dir):
     slug = request.node.name.replace("/", "_")
     (run_dir / "dmesg").mkdir(exist_ok=True)
     (run_dir / "dmesg" / f"{slug}.log").write_text(segment)
-    dead = not vm.alive() or not guest._responsive()
+    dead = not vm.alive() or not guest.responsive()
     if dead:
         guest.stop()
     if splats:

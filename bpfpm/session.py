@@ -29,7 +29,7 @@ class GuestSession:
         self.boots = 0
 
     def ensure(self) -> VM:
-        if self.vm is not None and self.vm.alive() and self._responsive():
+        if self.vm is not None and self.vm.alive() and self.responsive():
             return self.vm
         if self.vm is not None:
             log.warn(f"guest {self.vm.name} is gone; console kept at {self.vm.console_log}")
@@ -49,7 +49,7 @@ class GuestSession:
                  f"(kernel {self.kernel.release})")
         return self.vm
 
-    def _responsive(self) -> bool:
+    def responsive(self) -> bool:
         try:
             self.vm.run("true", timeout=20)
             self.agent.call("ping", _timeout=20)

@@ -25,7 +25,7 @@ from .errors import BpfpmError, GuestCrashed
 from .paths import ROOT
 
 SSH_KEY = Path.home() / ".cache" / "virtme-ng" / ".ssh" / "id_virtme"
-BOOT_DEADLINE = float(os.environ.get("BPFPM_BOOT_TIMEOUT", "120"))
+BOOT_DEADLINE = float(os.environ.get("BPFPM_BOOT_TIMEOUT", "90"))
 VENV_BIN = ROOT / ".venv" / "bin"
 
 # panic=-1: a panicked guest reboots at once, and QEMU (-no-reboot) exits.
@@ -44,6 +44,15 @@ def guest_env() -> dict[str, str]:
         "PYTHONDONTWRITEBYTECODE": "1",
         "LC_ALL": "C",
     }
+
+
+# virtme-ng-init races udev: when udev renames eth0 first, DHCP configures a
+# device that no longer exists and SSH never comes up. Seen under load.
+RACE_MARK = 'Cannot find device "eth0"'
+
+
+class NetworkRace(GuestCrashed):
+    pass
 
 
 class VM:
@@ -95,20 +104,32 @@ class VM:
         with open(self.run_dir / f"{self.name}.cmdline", "a") as f:
             f.write(shlex.join(argv) + "\n")
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=open(self.exec_log, "ab"),
-            stderr=open(self.console_log, "ab"), env=self._vng_env(),
-            cwd=str(self.run_dir), start_new_session=True)
-        try:
-            self._wait_ssh()
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in (1, 2):
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=open(self.exec_log, "ab"),
+                stderr=open(self.console_log, "ab"), env=self._vng_env(),
+                cwd=str(self.run_dir), start_new_session=True)
+            try:
+                self._wait_ssh()
+                break
+            except NetworkRace as e:
+                self.stop()
+                if attempt == 2:
+                    raise
+                kept = self.console_log.with_suffix(f".attempt{attempt}.log")
+                self.console_log.rename(kept)
+                log.warn(f"{e}; console kept at {kept}; booting again")
+            except BaseException:
+                self.stop()
+                raise
         self.boot_seconds = time.monotonic() - t0
         return self
 
     def _wait_ssh(self) -> None:
         def attempt():
+            if RACE_MARK in self.console_tail(15):
+                raise NetworkRace(f"guest {self.name}: virtme-ng-init configured eth0 after "
+                                  "udev had renamed it, so the guest has no network")
             if self.proc.poll() is not None:
                 raise GuestCrashed(
                     f"guest {self.name} exited (vng status {self.proc.returncode}) before SSH "
