@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -112,12 +111,51 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _sync_tree(src: source.KernelSource, tree: Path) -> None:
+MANIFEST = ".bpfpm-manifest.json"
+
+
+def _sync_tree(src: source.KernelSource, tree: Path) -> list[str]:
+    """rsync the source into the work tree; the files rsync rewrote."""
     tree.mkdir(parents=True, exist_ok=True)
-    argv = ["rsync", "-a", "--delete", "--exclude=/.git", f"{src.path}/", f"{tree}/"]
+    argv = ["rsync", "-a", "--delete", "--exclude=/.git", f"--exclude=/{MANIFEST}",
+            "--out-format=%i %n", f"{src.path}/", f"{tree}/"]
     r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode != 0:
         raise BpfpmError(f"syncing the work tree failed: {r.stderr.strip()}")
+    return [ln.split(" ", 1)[1] for ln in r.stdout.splitlines() if ln.startswith(">f")]
+
+
+def _stamp_changes(tree: Path, changed: list[str]) -> int:
+    """Give make the right idea of what changed since the last build.
+
+    rsync keeps the source's mtimes and patches get the patch's, so a file
+    switched back to an older version (unpatched after patched, an earlier
+    commit in a bisection) could look older than its object and not be
+    rebuilt. Every rewritten file is compared with what the tree held at the
+    last build: new content gets mtime = now, same content its old mtime
+    back (no rebuild). Returns how many files really changed.
+    """
+    mpath = tree / MANIFEST
+    manifest = json.loads(mpath.read_text()) if mpath.exists() else {}
+    now = time.time()
+    really = 0
+    for rel in sorted(set(changed)):
+        f = tree / rel
+        if not f.is_file():
+            manifest.pop(rel, None)
+            continue
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        old = manifest.get(rel)
+        if old and old[0] == digest:
+            os.utime(f, (old[1], old[1]))
+            continue
+        os.utime(f, (now, now))
+        manifest[rel] = [digest, now]
+        really += 1
+    tmp = mpath.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest))
+    tmp.replace(mpath)
+    return really
 
 
 def _first_error(logfile: Path) -> str:
@@ -198,12 +236,14 @@ def build(debug: bool | None = None, patched: bool = True) -> KernelBuild:
                  f"{', debug' if debug else ''}) in {bdir}; log {logfile}")
         bdir.mkdir(parents=True, exist_ok=True)
         with open(logfile, "w") as logf:
-            _sync_tree(src, tree)
+            synced = _sync_tree(src, tree)
             if series and patches.already_applied(tree, series):
                 log.step("the source tree already carries the series; not applying it")
                 applied: list[str] = []
             else:
-                applied = patches.apply(tree, series, src.path)
+                applied = patches.apply(tree, series)
+            n = _stamp_changes(tree, synced + applied)
+            log.step(f"work tree: {n} files differ from the last build")
             prev = json.loads(stamp.read_text()) if stamp.exists() else {}
             if prev.get("config_key") != ckey or not (bdir / ".config").exists():
                 log.step("configuring (defconfig + kvm_guest + " +

@@ -80,25 +80,14 @@ def failure_report(patch: Path, output: str) -> str:
             f"or check the base in {patch.parent / 'series'}")
 
 
-def apply(tree: Path, patches: list[Path], pristine: Path) -> list[str]:
-    """Apply the series to a work tree synced from `pristine`.
-
-    Patched files get mtime = max(pristine file, patches touching it), so an
-    unchanged series re-applied to a re-synced tree causes no rebuild while an
-    edited patch does.
-    """
-    stamp: dict[str, float] = {}
+def apply(tree: Path, patches: list[Path]) -> list[str]:
+    """Apply the series to the work tree; the files it touched."""
+    touched: set[str] = set()
     for p in patches:
         r = _patch(tree, p, "--forward")
         if r.returncode != 0:
             raise BpfpmError(failure_report(p, r.stdout + r.stderr))
-        for f in touched_files(p):
-            orig = pristine / f
-            base = orig.stat().st_mtime if orig.exists() else 0.0
-            stamp[f] = max(stamp.get(f, base), p.stat().st_mtime)
-    for f, t in stamp.items():
-        if (tree / f).exists():
-            os.utime(tree / f, (t, t))
+        touched.update(touched_files(p))
     if patches:
-        log.step(f"applied {len(patches)} patches ({len(stamp)} files)")
-    return sorted(stamp)
+        log.step(f"applied {len(patches)} patches ({len(touched)} files)")
+    return sorted(touched)
