@@ -105,6 +105,15 @@ static __always_inline void bpfpm_endp(struct bpf_mptcp_endp *e,
 	e->addr[3] = a->addr[3];
 }
 
+/* config[0]: one u32 knob set by the loader (bpftool map update). */
+#define BPFPM_CONFIG_MAP						\
+struct {								\
+	__uint(type, BPF_MAP_TYPE_ARRAY);				\
+	__uint(max_entries, 1);						\
+	__type(key, __u32);						\
+	__type(value, __u32);						\
+} config SEC(".maps")
+
 /* Errors seen by a PM, by errno (index 0 counts successes). */
 #define BPFPM_ERRNO_SLOTS 64
 

@@ -45,12 +45,7 @@ struct {
 } counters SEC(".maps");
 
 /* Key 0: the reply to give to JOIN_REQ (non-zero refuses every join). */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} config SEC(".maps");
+BPFPM_CONFIG_MAP;
 
 static __always_inline void count(__u32 slot, __u32 *seq)
 {

@@ -24,12 +24,7 @@ enum probe_mode {
 	MODE_FLOOD = 1,		/* queue 8 requests on ESTABLISHED, nothing else */
 };
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} config SEC(".maps");
+BPFPM_CONFIG_MAP;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -9,12 +9,7 @@
 #define NDIFFPORTS_DEFAULT 2
 #define NDIFFPORTS_MAX	   9	/* initial subflow + the kernel's 8 */
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u32);
-} config SEC(".maps");
+BPFPM_CONFIG_MAP;
 
 BPFPM_STATS_MAP
 

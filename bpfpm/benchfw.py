@@ -8,7 +8,6 @@ re-measures it in a throw-away cache (10+ minutes).
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile

@@ -107,7 +107,7 @@ class Shell:
                                    self.chan.recv_stderr_ready, deadline)
         except CommandTimeout:
             self._kill_children()
-            raise CommandTimeout(f"guest command timed out after {timeout:.0f}s: {cmd}")
+            raise CommandTimeout(f"guest command timed out after {timeout:.0f}s: {cmd}") from None
         i = out.find(marker)
         rc = int(out[i + len(marker):].strip())
         stdout = out[:i].decode(errors="replace")

@@ -21,7 +21,7 @@ import tenacity
 from . import host, log
 from .build import KernelBuild
 from .channel import Result, Shell, connect
-from .errors import BpfpmError, GuestCrashed
+from .errors import GuestCrashed
 from .paths import ROOT
 
 SSH_KEY = Path.home() / ".cache" / "virtme-ng" / ".ssh" / "id_virtme"

@@ -59,7 +59,7 @@ class Procs:
         except subprocess.TimeoutExpired:
             self.kill(h)
             raise TimeoutError(f"{e['kind']} {h} still running after {timeout}s: "
-                               f"{' '.join(e['argv'])}")
+                               f"{' '.join(e['argv'])}") from None
         return self.result(h, rc)
 
     def result(self, h: int, rc: int | None) -> dict:
