@@ -11,6 +11,7 @@ Scope and dependencies:
                       shape it with @pytest.mark.topo(links=3, ipv6=False, ...)
   pm_objects (session) the BPF programs of bpf-pms/, compiled for `kernel`
   load_pm  (function) load_pm("fullmesh") loads + attaches one; detached after
+  pm       (function) parametrized: each PM kind of bpfpm.pmsetup.KINDS, applied to topo
   recorder (function) the event_recorder program, loaded
 """
 
@@ -20,7 +21,7 @@ import json
 
 import pytest
 
-from bpfpm import build, events, pms, results
+from bpfpm import build, events, pms, pmsetup, results
 from bpfpm.errors import GuestCrashed
 from bpfpm.scenario import Network
 from bpfpm.session import GuestSession
@@ -138,6 +139,15 @@ def load_pm(agent, pm_objects):
             pm.__exit__(None, None, None)
         except GuestCrashed:
             pass
+
+
+@pytest.fixture(params=sorted(pmsetup.KINDS))
+def pm(request, topo, load_pm):
+    """Each path manager in turn (in-kernel, BPF fullmesh, ndiffports, policy),
+    applied to `topo`; the scenario runs once per PM."""
+    kind = pmsetup.KINDS[request.param]
+    kind.apply(topo, load_pm)
+    return kind
 
 
 @pytest.fixture

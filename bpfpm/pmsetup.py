@@ -59,3 +59,49 @@ def bpf_fullmesh(net: Network, mesh: Mesh, load_pm):
 
 
 FULLMESH = {"kernel": kernel_fullmesh, "bpf": bpf_fullmesh}
+
+
+def _ndiffports(net: Network, load_pm):
+    for side in ("client", "server"):
+        net.limits(side, subflows=LIMIT, add_addr_accepted=LIMIT)
+    net.sysctl("client", "net.mptcp.pm_type", 2)
+    pm = load_pm("ndiffports")
+    pm.set_config(2)
+    return pm
+
+
+def _policy(net: Network, load_pm):
+    """Server: BPF policy PM denying nothing; client: in-kernel subflow endpoints."""
+    for side in ("client", "server"):
+        net.limits(side, subflows=LIMIT, add_addr_accepted=LIMIT)
+    net.sysctl("server", "net.mptcp.pm_type", 2)
+    pm = load_pm("policy")
+    for i in range(2, len(net.spec.links) + 1):
+        net.endpoint("client", net.spec.addr("client", i), "subflow", id=i)
+    return pm
+
+
+@dataclasses.dataclass(frozen=True)
+class PMKind:
+    """One way to run "open the extra subflows" on a Network: apply() it
+    before the transfer; expected() is the subflow count it should reach."""
+    name: str
+    apply: object
+    expected: object
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _mesh(net: Network) -> Mesh:
+    return Mesh(net.spec.addrs("client"), net.spec.addrs("server"))
+
+
+KINDS = {
+    "kernel": PMKind("kernel", lambda net, lp: kernel_fullmesh(net, _mesh(net), lp),
+                     lambda net: len(_mesh(net).expected_pairs())),
+    "bpf-fullmesh": PMKind("bpf-fullmesh", lambda net, lp: bpf_fullmesh(net, _mesh(net), lp),
+                           lambda net: len(_mesh(net).expected_pairs())),
+    "bpf-ndiffports": PMKind("bpf-ndiffports", _ndiffports, lambda net: 2),
+    "bpf-policy": PMKind("bpf-policy", _policy, lambda net: len(net.spec.links)),
+}
