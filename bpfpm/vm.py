@@ -46,6 +46,8 @@ def guest_env() -> dict[str, str]:
     }
 
 
+GUEST_LINK_DIR = ROOT / "images" / "guest" / "systemd-network"
+
 # virtme-ng-init races udev: when udev renames eth0 first, DHCP configures a
 # device that no longer exists and SSH never comes up. Seen under load.
 RACE_MARK = 'Cannot find device "eth0"'
@@ -82,6 +84,7 @@ class VM:
                 "--memory", self.memory, "--cpus", str(self.cpus),
                 "--ssh", str(self.port), "--ssh-tcp",
                 "--rwdir", str(self.run_dir),
+                f"--rodir=/etc/systemd/network={GUEST_LINK_DIR}",
                 "--name", self.name,
                 f"--qemu-opts=-pidfile {self.pidfile}"]
         if host.accel() == "tcg":
