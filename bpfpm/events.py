@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tenacity
 
+from .scenario import poll
+
 import collections
 import dataclasses
 import ipaddress
@@ -90,9 +92,7 @@ class Recorder:
             last = self.events()
             return cond(last)
         try:
-            tenacity.Retrying(stop=tenacity.stop_after_delay(timeout),
-                              wait=tenacity.wait_fixed(0.2),
-                              retry=tenacity.retry_if_result(lambda ok: not ok))(probe)
+            poll(probe, timeout, 0.2)
         except tenacity.RetryError:
             raise AssertionError(f"{what} not seen within {timeout}s; recorded:\n"
                                  + "\n".join(map(str, last))) from None

@@ -21,6 +21,13 @@ from .topology import TopoSpec
 _ports = itertools.count(10000)
 
 
+def poll(fn, timeout: float, every: float):
+    """fn() until it returns something truthy (returned), or RetryError."""
+    return tenacity.Retrying(stop=tenacity.stop_after_delay(timeout),
+                             wait=tenacity.wait_fixed(every),
+                             retry=tenacity.retry_if_result(lambda r: not r))(fn)
+
+
 @dataclasses.dataclass
 class TransferResult:
     nbytes: int
@@ -91,12 +98,10 @@ class Transfer:
             if rc is not None and not (total and sent >= fraction * total):
                 raise AssertionError(f"client exited (rc {rc}) at {sent}/{total} bytes")
             return total and sent >= fraction * total
-        tenacity.Retrying(stop=tenacity.stop_after_delay(timeout),
-                          wait=tenacity.wait_fixed(0.05),
-                          retry=tenacity.retry_if_result(lambda ok: not ok),
-                          retry_error_callback=lambda st: (_ for _ in ()).throw(
-                              AssertionError(f"transfer did not reach {fraction:.0%} "
-                                             f"in {timeout}s")))(check)
+        try:
+            poll(check, timeout, 0.05)
+        except tenacity.RetryError:
+            raise AssertionError(f"transfer did not reach {fraction:.0%} in {timeout}s") from None
 
     def wait(self, timeout: float = 180) -> TransferResult:
         a = self.net.agent
@@ -222,12 +227,11 @@ class Monitor:
                 if all(str(e.get(k)) == str(v) for k, v in match.items()):
                     return e
             return None
-        return tenacity.Retrying(
-            stop=tenacity.stop_after_delay(timeout), wait=tenacity.wait_fixed(0.1),
-            retry=tenacity.retry_if_result(lambda e: e is None),
-            retry_error_callback=lambda st: (_ for _ in ()).throw(AssertionError(
-                f"no {kind} {match or ''} event in {self.side} netns within {timeout}s; "
-                f"seen: {self.events()}")))(find)
+        try:
+            return poll(find, timeout, 0.1)
+        except tenacity.RetryError:
+            raise AssertionError(f"no {kind} {match or ''} event in {self.side} netns within "
+                                 f"{timeout}s; seen: {self.events()}") from None
 
     def stop(self) -> None:
         self.net.agent.call("proc.kill", handle=self.handle)
