@@ -13,7 +13,7 @@ PKGS=(
 	# booting the guest with virtme-ng
 	qemu-system-x86 qemu-utils udev openssh-server busybox-static
 	# inside the guest: networking tools for scenarios and kselftests
-	iproute2 ethtool iptables nftables tcpdump socat procps psmisc
+	iproute2 iputils-ping ethtool iptables nftables tcpdump socat procps psmisc
 	# kselftests helpers
 	libmnl-dev libcap-dev
 )
