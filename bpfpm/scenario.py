@@ -170,9 +170,10 @@ class Network:
     def link(self, i: int, up: bool) -> None:
         self.agent.call("topo.link", spec=self.spec.to_dict(), link=i, up=up)
 
-    def addr(self, side: str, i: int, family: int, add: bool) -> None:
-        self.agent.call("topo.addr", spec=self.spec.to_dict(), side=side, link=i,
-                        family=family, add=add)
+    def addr(self, side: str, link: int, address: str, add: bool) -> None:
+        """Add or remove one address on this side's interface of `link`."""
+        self.agent.call("topo.addr", ns=self.ns(side), ifname=self.spec.ifname(side, link),
+                        address=address, add=add)
 
     # -- traffic -----------------------------------------------------------
     def transfer(self, nbytes: int = 8 << 20, family: int = 4, link: int = 1,

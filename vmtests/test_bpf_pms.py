@@ -95,9 +95,9 @@ def test_fullmesh_follows_a_local_address_added_then_removed(topo, load_pm, fami
 
     with topo.transfer(8 * MiB, family=family) as xfer:
         xfer.wait_progress(0.1)
-        topo.agent.call("topo.addr_raw", ns=t.client_ns, ifname="c2", address=new, add=True)
+        topo.addr("client", 2, new, add=True)
         xfer.wait_progress(0.5)
-        topo.agent.call("topo.addr_raw", ns=t.client_ns, ifname="c2", address=new, add=False)
+        topo.addr("client", 2, new, add=False)
 
     res = xfer.result
     res.assert_intact()

@@ -114,13 +114,11 @@ def test_local_address_added_and_removed_while_connected(topo, recorder, family)
 
     with topo.transfer(8 * MiB, family=family) as xfer:
         xfer.wait_progress(0.1)
-        topo.agent.call("topo.addr_raw", ns=topo.spec.client_ns, ifname="c2",
-                        address=new, add=True)
+        topo.addr("client", 2, new, add=True)
         evs = recorder.wait(lambda evs: any(e.op == "LOCAL_ADDR" and e.args[0] == 1
                                             and e.addr() == new for e in evs),
                             what=f"LOCAL_ADDR up {new}")
-        topo.agent.call("topo.addr_raw", ns=topo.spec.client_ns, ifname="c2",
-                        address=new, add=False)
+        topo.addr("client", 2, new, add=False)
         evs = recorder.wait(lambda evs: any(e.op == "LOCAL_ADDR" and e.args[0] == 0
                                             and e.addr() == new for e in evs),
                             what=f"LOCAL_ADDR down {new}")

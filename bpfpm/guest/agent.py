@@ -124,12 +124,8 @@ def op_topo_link(spec: dict, link: int, up: bool) -> None:
     netns.link_set(TopoSpec.from_dict(spec), link, up)
 
 
-def op_topo_addr(spec: dict, side: str, link: int, family: int, add: bool) -> None:
-    netns.addr_change(TopoSpec.from_dict(spec), side, link, family, add)
-
-
-def op_topo_addr_raw(ns: str, ifname: str, address: str, add: bool) -> None:
-    netns.addr_raw(ns, ifname, address, add)
+def op_topo_addr(ns: str, ifname: str, address: str, add: bool) -> None:
+    netns.addr(ns, ifname, address, add)
 
 
 def op_sysctl(ns: str, key: str, value=None) -> str:

@@ -84,6 +84,3 @@ def map_update(name: str, map: str, key: int, value: list[int]) -> None:
     _bpftool("map", "update", "pinned", f"{PIN_ROOT}/{name}/maps/{map}",
              "key", *kb, "value", *[str(b) for b in value])
 
-
-def attached() -> str:
-    return _bpftool("cgroup", "show", CGROUP)

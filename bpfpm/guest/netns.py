@@ -105,12 +105,7 @@ def link_set(spec: TopoSpec, i: int, up: bool) -> None:
             ipr.link("set", index=idx, state="up" if up else "down")
 
 
-def addr_change(spec: TopoSpec, side: str, i: int, family: int, add: bool) -> None:
-    ns = spec.client_ns if side == "client" else spec.server_ns
-    addr_raw(ns, spec.ifname(side, i), spec.addr(side, i, family), add)
-
-
-def addr_raw(ns: str, ifname: str, addr: str, add: bool) -> None:
+def addr(ns: str, ifname: str, addr: str, add: bool) -> None:
     """Add/remove one address (idempotent); /24 for IPv4, /64 for IPv6."""
     family = 6 if ":" in addr else 4
     with inside(ns), IPRoute() as ipr:
