@@ -188,15 +188,22 @@ def _make(src: Path, build: Path, targets: list[str], logf, total_hint: int) -> 
     th = threading.Thread(target=ticker, daemon=True)
     th.start()
     assert proc.stdout
-    for line in proc.stdout:
-        logf.write(line)
-        m = _PROGRESS.match(line)
-        if m:
-            count += 1
-            last = m.group(2)
-    rc = proc.wait()
-    done.set()
-    th.join()
+    try:
+        for line in proc.stdout:
+            logf.write(line)
+            m = _PROGRESS.match(line)
+            if m:
+                count += 1
+                last = m.group(2)
+        rc = proc.wait()
+    except BaseException:
+        # interrupted (Ctrl-C, SIGTERM): take make and its compilers down too
+        proc.terminate()
+        proc.wait()
+        raise
+    finally:
+        done.set()
+        th.join()
     logf.flush()
     if rc != 0:
         raise BpfpmError(f"kernel build failed (make exit {rc}); first error:\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import subprocess
 import sys
 
@@ -169,8 +170,10 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--bytes", type=int, default=32 << 20)
     d.set_defaults(fn=cmd_demo)
 
-    t = sub.add_parser("test", help="run pytest (unit tests + VM scenarios) into results/")
-    t.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    t = sub.add_parser("test", help="run pytest (unit tests + VM scenarios) into results/",
+                       description="Any other arguments go to pytest, e.g. "
+                       "`bpfpm test -k fallback vmtests/test_hooks.py`.")
+    t.add_argument("pytest_args", nargs="*", help="pytest arguments (default: the whole suite)")
     t.set_defaults(fn=cmd_test)
 
     b = sub.add_parser("bench-framework", help="measure the framework's speed targets")
@@ -191,8 +194,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # everything after `test` goes to pytest (-k, -x, ...), except a lone --help
+    if argv[:1] == ["test"] and argv[1:] not in (["-h"], ["--help"]) and "--" not in argv:
+        argv.insert(1, "--")
     a = parser().parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so builds and VMs are cleaned up
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         return a.fn(a)
     except BpfpmError as e:

@@ -175,6 +175,12 @@ class Network:
         self.agent.call("topo.addr", ns=self.ns(side), ifname=self.spec.ifname(side, link),
                         address=address, add=add)
 
+    def strip_mptcp_option(self, side: str, family: int = 4) -> None:
+        """A middlebox that strips the MPTCP option (kind 30: DSS, ...) from
+        data segments arriving at `side`; the handshake passes untouched."""
+        self.agent.call("topo.strip_tcp_option", ns=self.ns(side), family=family,
+                        kind=30, min_len=200)
+
     # -- traffic -----------------------------------------------------------
     def transfer(self, nbytes: int = 8 << 20, family: int = 4, link: int = 1,
                  server_proto: str = "mptcp", client_proto: str = "mptcp",

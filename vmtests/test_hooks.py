@@ -56,6 +56,38 @@ def test_session_created_established_closed_once_each(topo, recorder, family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_fallback_after_created_is_the_close_reason(topo, recorder, family):
+    """A middlebox strips the MPTCP option from data segments: the connection
+    is created as MPTCP, then the server gets data without a mapping and falls
+    back to TCP, and so does the client when the server's replies carry no DSS.
+    Each side reports CLOSED once, at the fallback, with the fallback reason,
+    and not again when the (now TCP) connection really closes."""
+    use_bpf_pm(topo, "client", "server")
+    topo.strip_mptcp_option("server", family)
+
+    with topo.transfer(1 * MiB, family=family) as xfer:
+        pass
+    res = xfer.result
+    res.assert_intact()
+    assert res.fallback and res.server["conn"]["fallback"], "the connection did not fall back"
+    # a fallen-back socket no longer answers MPTCP_INFO: the client's token
+    # was read right after connect(), the server's is in the client's CREATED
+    ctok = res.client["conn"]["token_at_connect"]
+    evs = recorder.wait(lambda evs: count(evs, "CLOSED", ctok), what="CLOSED on the client")
+    stok = by_token(evs, ctok)["CREATED"][0].rem_token
+    evs = recorder.wait(lambda evs: count(evs, "CLOSED", stok), what="CLOSED on the server")
+    cli, srv = by_token(evs, ctok), by_token(evs, stok)
+
+    for side, ev in (("client", cli), ("server", srv)):
+        assert len(ev["CREATED"]) == 1, f"{side}: {ev['CREATED']}"
+        (closed,) = ev["CLOSED"]
+        assert closed.args[0] == 1, f"{side}: fallback after CREATED must say so: {closed}"
+        assert "fallback" in closed.flags
+        assert closed.seq > ev["CREATED"][0].seq
+    assert len(srv["ESTABLISHED"]) == 1, "the server was fully established before the strip"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_subflow_established_and_closed(topo, recorder, load_pm, family):
     use_bpf_pm(topo, "client", "server")
     load_pm("ndiffports")     # N = 2: one extra subflow from the kfunc

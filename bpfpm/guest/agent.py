@@ -128,6 +128,10 @@ def op_topo_addr(ns: str, ifname: str, address: str, add: bool) -> None:
     netns.addr(ns, ifname, address, add)
 
 
+def op_topo_strip_tcp_option(ns: str, family: int, kind: int, min_len: int) -> None:
+    netns.strip_tcp_option(ns, family, kind, min_len)
+
+
 def op_sysctl(ns: str, key: str, value=None) -> str:
     return netns.sysctl(ns, key, None if value is None else str(value))
 

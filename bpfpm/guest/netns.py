@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import subprocess
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
@@ -117,6 +118,19 @@ def addr(ns: str, ifname: str, addr: str, add: bool) -> None:
         except NetlinkError as e:
             if not (add and e.code == errno.EEXIST) and not (not add and e.code == errno.EADDRNOTAVAIL):
                 raise
+
+
+def strip_tcp_option(ns: str, family: int, kind: int, min_len: int) -> None:
+    """A middlebox in front of `ns`: TCP option `kind` is stripped (xt TCPOPTSTRIP)
+    from arriving segments of at least `min_len` bytes, i.e. from data segments
+    but not from the handshake. Goes away with the netns."""
+    tool = "iptables-legacy" if family == 4 else "ip6tables-legacy"
+    argv = ["ip", "netns", "exec", ns, tool, "-w", "-t", "mangle", "-A", "PREROUTING",
+            "-p", "tcp", "-m", "length", "--length", f"{min_len}:65535",
+            "-j", "TCPOPTSTRIP", "--strip-options", str(kind)]
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
 
 
 def destroy(spec: TopoSpec) -> None:
