@@ -153,14 +153,31 @@ def op_mptcp_endpoints(ns: str) -> list:
 
 
 def op_monitor_start(ns: str) -> int:
+    """`ip mptcp monitor` in ns, returned once it is subscribed: the closing
+    of a probe listener (LISTENER_CLOSED; iproute2 6.1 prints "UNKNOWN 16")
+    has reached it. Events up to that point are not the caller's."""
     h = PROCS.start(ns, ["ip", "mptcp", "monitor"], "monitor", {})
-    time.sleep(0.05)  # the socket is bound almost at once; events before are lost
-    return h
+    e = PROCS.get(h)
+    out = e["dir"] / "stdout"
+    deadline = time.monotonic() + 10
+    while True:
+        mptcp.listener_probe(ns)
+        for _ in range(20):
+            time.sleep(0.01)
+            text = out.read_bytes()
+            if mptcp.LISTENER_CLOSED.search(text.decode(errors="replace")):
+                e["skip"] = len(text)
+                return h
+        if e["p"].poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"ip mptcp monitor in {ns} saw no LISTENER_CLOSED within 10 s; "
+                               f"stderr: {(e['dir'] / 'stderr').read_text()[-500:]}")
 
 
 def op_monitor_events(handle: int) -> list:
     e = PROCS.get(handle)
-    return mptcp.parse_monitor((e["dir"] / "stdout").read_text(errors="replace"))
+    with open(e["dir"] / "stdout", "rb") as f:
+        f.seek(e["skip"])
+        return mptcp.parse_monitor(f.read().decode(errors="replace"))
 
 
 def op_xfer_server(ns: str, port: int, family: int = 4, proto: str = "mptcp",

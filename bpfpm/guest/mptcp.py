@@ -93,3 +93,17 @@ def parse_monitor(text: str) -> list[dict]:
                 ev[k] = v
         events.append(ev)
     return events
+
+
+LISTENER_CLOSED = re.compile(r"^\[\s*(LISTENER_CLOSED|UNKNOWN 16)\]", re.M)
+
+
+def listener_probe(ns: str) -> int:
+    """Open and close an MPTCP listener in `ns` (LISTENER_CREATED and
+    LISTENER_CLOSED events); its port."""
+    with inside(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
+    with s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        return s.getsockname()[1]
