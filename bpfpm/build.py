@@ -100,7 +100,9 @@ class BuildLock:
         self.f.close()
 
 
-def _env() -> dict[str, str]:
+def make_env() -> dict[str, str]:
+    """Environment for make in a kernel tree: ccache in the cache dir and
+    reproducible build identifiers."""
     c = cache_dir()
     env = dict(os.environ)
     env.update(CCACHE_DIR=str(c / "ccache"), CCACHE_BASEDIR=str(c),
@@ -173,7 +175,7 @@ def _make(src: Path, build: Path, targets: list[str], logf, total_hint: int) -> 
     logf.write(f"$ {' '.join(argv)}\n")
     logf.flush()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=_env(), text=True, errors="replace")
+                            env=make_env(), text=True, errors="replace")
     count = 0
     last = ""
     done = threading.Event()

@@ -15,6 +15,7 @@ import sys
 
 from . import log
 from .errors import BpfpmError
+from .kselftest import DEFAULT as KSELFTEST_DEFAULT
 
 EPILOG = """\
 environment:
@@ -180,7 +181,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--cold", action="store_true", help="also time a cold kernel build")
     b.set_defaults(fn=cmd_bench_framework)
     ks = sub.add_parser("kselftest", help="upstream MPTCP selftests: unpatched vs patched kernel")
-    ks.add_argument("--scripts", nargs="+", help="selftest scripts (default: all but mptcp_join.sh)")
+    ks.add_argument("--scripts", nargs="+", metavar="SCRIPT",
+                    help="selftest scripts, each optionally with its arguments, e.g. "
+                    "'mptcp_join.sh -f -s' (default: " + " ".join(KSELFTEST_DEFAULT) + ")")
     ks.set_defaults(fn=cmd_kselftest)
 
     bi = sub.add_parser("bisect", help="git bisect run over KERNEL_SRC with a scenario as oracle")
