@@ -49,7 +49,12 @@ def guest(kernel, run_dir, pm_objects):
     gs = GuestSession(kernel, run_dir)
     results.write_json(run_dir / "kernel.json", kernel.info | {"release": kernel.release})
     yield gs
+    # debug kernels: leaks that were too young for the last test's scan
+    leaks = gs.kmemleak_scan(settle=True) if gs.debug else ""
     gs.stop()
+    if leaks:
+        (run_dir / "kmemleak-final.txt").write_text(leaks)
+        pytest.fail(f"kmemleak, final scan after all tests:\n{leaks[:6000]}", pytrace=False)
 
 
 @pytest.fixture
@@ -58,7 +63,7 @@ def vm(guest, request, run_dir):
     vm = guest.ensure()
     begin = guest.begin_test(request.node.nodeid)
     yield vm
-    leaks = guest.kmemleak_scan() if guest.kernel.info.get("debug") else ""
+    leaks = guest.kmemleak_scan() if guest.debug else ""
     segment, splats = guest.end_test(request.node.nodeid, begin)
     slug = request.node.name.replace("/", "_")
     (run_dir / "dmesg").mkdir(exist_ok=True)

@@ -47,7 +47,14 @@ class GuestSession:
         self.agent = Agent(self.vm)
         log.step(f"guest{self.boots} up in {self.vm.boot_seconds:.1f}s "
                  f"(kernel {self.kernel.release})")
+        if self.debug:
+            # what boot left unreferenced is not the tests' doing
+            self.kmemleak_scan()
         return self.vm
+
+    @property
+    def debug(self) -> bool:
+        return bool(self.kernel.info.get("debug"))
 
     def responsive(self) -> bool:
         try:
@@ -90,13 +97,16 @@ class GuestSession:
             time.sleep(0.05)
         raise GuestCrashed(f"marker {mark} never reached the console")
 
-    def kmemleak_scan(self) -> str:
-        """Debug kernels: scan now, return the report of new leaks (and clear it)."""
+    def kmemleak_scan(self, settle: bool = False) -> str:
+        """Debug kernels: scan now, return the report of new leaks (and clear
+        it). kmemleak only reports objects older than 5 s whose contents did
+        not change between two scans; `settle` waits for that and scans twice."""
         if self.vm is None or not self.vm.alive():
             return ""
         ctl = "/sys/kernel/debug/kmemleak"
-        res = self.vm.run(f"echo scan > {ctl} && cat {ctl} && echo clear > {ctl}",
-                          timeout=300, check=False)
+        pre = f"sleep 6 && echo scan > {ctl} && " if settle else ""
+        res = self.vm.run(f"{pre}echo scan > {ctl} && cat {ctl} && echo clear > {ctl}",
+                          timeout=600, check=False)
         return res.stdout.strip() if res.rc == 0 else ""
 
     def decode(self, splat: klog.Splat) -> str:
