@@ -58,7 +58,7 @@ vmtest: setup
 	$(BPFPM) test -k "$(T)" vmtests $(ARGS)
 
 debug-test: setup
-	DEBUG=1 $(BPFPM) test vmtests/test_hooks.py vmtests/test_kfuncs.py vmtests/test_bpf_pms.py $(ARGS)
+	DEBUG=1 $(BPFPM) test --timeout=1800 vmtests/test_hooks.py vmtests/test_kfuncs.py vmtests/test_bpf_pms.py $(ARGS)
 
 kselftest: setup
 	$(BPFPM) kselftest $(ARGS)

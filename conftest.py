@@ -21,7 +21,7 @@ import json
 
 import pytest
 
-from bpfpm import build, events, pms, pmsetup, results
+from bpfpm import build, events, pms, pmsetup, results, scenario
 from bpfpm.errors import GuestCrashed
 from bpfpm.scenario import Network
 from bpfpm.session import GuestSession
@@ -47,6 +47,8 @@ def guest(kernel, run_dir, pm_objects):
     # pm_objects first: the guest's 9p root caches directory entries, so
     # files must exist before it boots.
     gs = GuestSession(kernel, run_dir)
+    if gs.debug:
+        scenario.TIME_SCALE = 4.0   # KASAN + lockdep under TCG
     results.write_json(run_dir / "kernel.json", kernel.info | {"release": kernel.release})
     yield gs
     # debug kernels: leaks that were too young for the last test's scan

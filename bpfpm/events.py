@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tenacity
 
-from .scenario import poll
+from .scenario import poll, scaled
 
 import collections
 import dataclasses
@@ -94,7 +94,7 @@ class Recorder:
         try:
             poll(probe, timeout, 0.2)
         except tenacity.RetryError:
-            raise AssertionError(f"{what} not seen within {timeout}s; recorded:\n"
+            raise AssertionError(f"{what} not seen within {scaled(timeout):.0f}s; recorded:\n"
                                  + "\n".join(map(str, last))) from None
         return last
 

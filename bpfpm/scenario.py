@@ -20,10 +20,19 @@ from .topology import TopoSpec
 
 _ports = itertools.count(10000)
 
+# Waits are written for the normal kernel under TCG; a debug kernel (KASAN,
+# lockdep) is several times slower, and the session sets this accordingly.
+TIME_SCALE = 1.0
+
+
+def scaled(seconds: float) -> float:
+    return seconds * TIME_SCALE
+
 
 def poll(fn, timeout: float, every: float):
-    """fn() until it returns something truthy (returned), or RetryError."""
-    return tenacity.Retrying(stop=tenacity.stop_after_delay(timeout),
+    """fn() until it returns something truthy (returned), or RetryError.
+    The timeout is scaled by TIME_SCALE."""
+    return tenacity.Retrying(stop=tenacity.stop_after_delay(scaled(timeout)),
                              wait=tenacity.wait_fixed(every),
                              retry=tenacity.retry_if_result(lambda r: not r))(fn)
 
@@ -101,12 +110,13 @@ class Transfer:
         try:
             poll(check, timeout, 0.05)
         except tenacity.RetryError:
-            raise AssertionError(f"transfer did not reach {fraction:.0%} in {timeout}s") from None
+            raise AssertionError(f"transfer did not reach {fraction:.0%} in {scaled(timeout):.0f}s") from None
 
     def wait(self, timeout: float = 180) -> TransferResult:
         a = self.net.agent
+        timeout = scaled(timeout)
         cli = a.call("proc.wait", handle=self.cli, timeout=timeout, _timeout=timeout + 30)
-        srv = a.call("proc.wait", handle=self.srv, timeout=30, _timeout=60)
+        srv = a.call("proc.wait", handle=self.srv, timeout=scaled(30), _timeout=scaled(60))
         if cli["report"] is None or srv["report"] is None:
             raise AssertionError(
                 f"transfer failed: client rc {cli['rc']} stderr:\n{cli['stderr']}\n"
@@ -202,8 +212,9 @@ class Network:
         cli = self.agent.call("burst.client", ns=self.spec.client_ns,
                               addr=self.spec.addr("server", 1), port=port, count=count,
                               subflows=subflows, wait=wait)
+        timeout = scaled(timeout)
         c = self.agent.call("proc.wait", handle=cli, timeout=timeout, _timeout=timeout + 30)
-        s = self.agent.call("proc.wait", handle=srv, timeout=60, _timeout=90)
+        s = self.agent.call("proc.wait", handle=srv, timeout=scaled(60), _timeout=scaled(90))
         if c["report"] is None or s["report"] is None:
             raise AssertionError(f"burst failed: client {c['stderr']}\nserver {s['stderr']}")
         return c["report"], s["report"]
@@ -238,7 +249,7 @@ class Monitor:
             return poll(find, timeout, 0.1)
         except tenacity.RetryError:
             raise AssertionError(f"no {kind} {match or ''} event in {self.side} netns within "
-                                 f"{timeout}s; seen: {self.events()}") from None
+                                 f"{scaled(timeout):.0f}s; seen: {self.events()}") from None
 
     def stop(self) -> None:
         self.net.agent.call("proc.kill", handle=self.handle)
