@@ -80,10 +80,12 @@ class Transfer:
     """A checksummed client->server transfer running in the guest."""
 
     def __init__(self, net: "Network", nbytes: int, server_addr: str, port: int,
-                 server_proto: str, client_proto: str, bind: str | None, seed: int):
+                 server_proto: str, client_proto: str, bind: str | None, seed: int,
+                 hold: bool = False):
         self.net, self.nbytes, self.addr, self.port = net, nbytes, server_addr, port
         self.server_proto, self.client_proto, self.bind, self.seed = \
             server_proto, client_proto, bind, seed
+        self.hold = hold
         self.result: TransferResult | None = None
 
     def start(self) -> "Transfer":
@@ -93,8 +95,12 @@ class Transfer:
                           proto=self.server_proto)
         self.cli = a.call("xfer.client", ns=t.client_ns, addr=self.addr, port=self.port,
                           nbytes=self.nbytes, seed=self.seed, proto=self.client_proto,
-                          bind=self.bind)
+                          bind=self.bind, hold=self.hold)
         return self
+
+    def release(self) -> None:
+        """hold=True: the client may now close the connection."""
+        self.net.agent.call("xfer.release", handle=self.cli)
 
     def progress(self) -> float:
         sent, total, _rc = self.net.agent.call("xfer.progress", handle=self.cli)
@@ -114,6 +120,8 @@ class Transfer:
 
     def wait(self, timeout: float = 180) -> TransferResult:
         a = self.net.agent
+        if self.hold:
+            self.release()
         timeout = scaled(timeout)
         cli = a.call("proc.wait", handle=self.cli, timeout=timeout, _timeout=timeout + 30)
         srv = a.call("proc.wait", handle=self.srv, timeout=scaled(30), _timeout=scaled(60))
@@ -194,11 +202,15 @@ class Network:
     # -- traffic -----------------------------------------------------------
     def transfer(self, nbytes: int = 8 << 20, family: int = 4, link: int = 1,
                  server_proto: str = "mptcp", client_proto: str = "mptcp",
-                 seed: int | None = None) -> Transfer:
+                 seed: int | None = None, hold: bool = False) -> Transfer:
+        """A checksummed client->server transfer of `nbytes` to the server's
+        address on `link`. hold=True keeps the connection open after the data
+        until the `with` block ends (or release()), for acting on a live
+        connection however slow the kernel is."""
         port = next(_ports)
         xfer = Transfer(self, nbytes, self.spec.addr("server", link, family), port,
                         server_proto, client_proto, None,
-                        seed if seed is not None else port)
+                        seed if seed is not None else port, hold)
         self.transfers.append(xfer)
         return xfer
 

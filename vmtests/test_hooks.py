@@ -123,7 +123,7 @@ def test_add_addr_and_rm_addr_carry_the_address(topo, recorder, family):
     announced = topo.spec.addr("server", 2, family)
     topo.endpoint("server", announced, "signal", id=5)
 
-    with topo.transfer(8 * MiB, family=family) as xfer:
+    with topo.transfer(8 * MiB, family=family, hold=True) as xfer:
         evs = recorder.wait(lambda evs: count(evs, "ADD_ADDR"), what="ADD_ADDR")
         topo.endpoint_del("server", id=5)
         evs = recorder.wait(lambda evs: count(evs, "RM_ADDR"), what="RM_ADDR")
@@ -144,7 +144,7 @@ def test_local_address_added_and_removed_while_connected(topo, recorder, family)
     use_bpf_pm(topo, "client")
     new = "10.0.2.11" if family == 4 else "fd00:2::11"
 
-    with topo.transfer(8 * MiB, family=family) as xfer:
+    with topo.transfer(8 * MiB, family=family, hold=True) as xfer:
         xfer.wait_progress(0.1)
         topo.addr("client", 2, new, add=True)
         evs = recorder.wait(lambda evs: any(e.op == "LOCAL_ADDR" and e.args[0] == 1

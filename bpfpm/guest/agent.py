@@ -190,14 +190,21 @@ def op_xfer_server(ns: str, port: int, family: int = 4, proto: str = "mptcp",
 
 
 def op_xfer_client(ns: str, addr: str, port: int, nbytes: int = 8 << 20, seed: int = 1,
-                   proto: str = "mptcp", bind: str | None = None) -> int:
+                   proto: str = "mptcp", bind: str | None = None, hold: bool = False) -> int:
     argv = [*PY, "bpfpm.guest.xfer", "client", "--addr", addr, "--port", str(port),
             "--bytes", str(nbytes), "--seed", str(seed), "--proto", proto,
             "--report", "{report}", "--progress", "{progress}"]
     if bind:
         argv += ["--bind", bind]
+    if hold:
+        argv += ["--hold", "{release}"]
     return PROCS.start(ns, argv, "xfer-client",
-                       {"report": "report.json", "progress": "progress"})
+                       {"report": "report.json", "progress": "progress", "release": "release"})
+
+
+def op_xfer_release(handle: int) -> None:
+    """Let a held client connection (hold=True) close."""
+    Path(PROCS.get(handle)["files"]["release"]).touch()
 
 
 def op_burst_server(ns: str, port: int, count: int, family: int = 4) -> int:

@@ -74,6 +74,14 @@ def server(a) -> int:
     return 0
 
 
+def _wait_released(path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"held connection not released within {timeout}s")
+        time.sleep(0.02)
+
+
 def client(a) -> int:
     fam = socket.AF_INET6 if ":" in a.addr else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_STREAM, _proto(a.proto))
@@ -99,6 +107,10 @@ def client(a) -> int:
                 f.write(f"{sent} {a.bytes}\n")
             next_sample = sent + 256 * 1024
     mptcpinfo.merge_seen(seen, mptcpinfo.subflows(s))
+    if a.hold:
+        with open(a.progress, "w") as f:
+            f.write(f"{sent} {a.bytes}\n")
+        _wait_released(a.hold, a.timeout)
     s.shutdown(socket.SHUT_WR)
     digest = b""
     while len(digest) < 32:
@@ -217,6 +229,8 @@ def main(argv=None) -> int:
     cp.add_argument("--timeout", type=float, default=120)
     cp.add_argument("--report", required=True)
     cp.add_argument("--progress", required=True)
+    cp.add_argument("--hold", metavar="FILE",
+                    help="after the data, keep the connection open until FILE exists")
     bs = sub.add_parser("burst-server")
     bs.add_argument("--port", type=int, required=True)
     bs.add_argument("--family", type=int, choices=(4, 6), default=4)
