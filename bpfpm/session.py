@@ -107,7 +107,11 @@ class GuestSession:
         pre = f"sleep 6 && echo scan > {ctl} && " if settle else ""
         res = self.vm.run(f"{pre}echo scan > {ctl} && cat {ctl} && echo clear > {ctl}",
                           timeout=600, check=False)
-        return res.stdout.strip() if res.rc == 0 else ""
+        if res.rc != 0:
+            # a debug run that cannot scan must not pass as leak-free
+            raise GuestCrashed(f"kmemleak scan failed (rc {res.rc}): {res.stderr.strip()[-300:]}"
+                               " - is CONFIG_DEBUG_KMEMLEAK on and debugfs mounted?")
+        return res.stdout.strip()
 
     def decode(self, splat: klog.Splat) -> str:
         return klog.decode(splat.text, self.kernel.vmlinux, self.kernel.src_dir)
