@@ -15,7 +15,6 @@ import shlex
 import subprocess
 import time
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from . import log, results
