@@ -35,15 +35,8 @@ class GuestSession:
             log.warn(f"guest {self.vm.name} is gone; console kept at {self.vm.console_log}")
             self.stop()
         self.boots += 1
-        try:
-            self.vm = VM(self.kernel, self.run_dir, name=f"guest{self.boots}").start()
-        except GuestCrashed as e:
-            # One retry: TCG guests rarely die while booting (seen: an int3
-            # Oops from text patching in run_timer_softirq). A kernel that
-            # cannot boot fails the second time too; both consoles are kept.
-            log.warn(f"guest{self.boots} did not come up; retrying once. {str(e)[-300:]}")
-            self.boots += 1
-            self.vm = VM(self.kernel, self.run_dir, name=f"guest{self.boots}").start()
+        # VM.start() boots once more if the guest dies while booting
+        self.vm = VM(self.kernel, self.run_dir, name=f"guest{self.boots}").start()
         self.agent = Agent(self.vm)
         log.step(f"guest{self.boots} up in {self.vm.boot_seconds:.1f}s "
                  f"(kernel {self.kernel.release})")

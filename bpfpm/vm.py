@@ -10,6 +10,7 @@ for every boot and kept, whatever happens.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -55,6 +56,14 @@ RACE_MARK = 'Cannot find device "eth0"'
 
 class NetworkRace(GuestCrashed):
     pass
+
+
+def _panic_line(console: Path) -> str:
+    """The first Oops/BUG/panic line of a console log, for a one-line summary."""
+    for line in console.read_text(errors="replace").splitlines():
+        if re.search(r"Oops|BUG:|Kernel panic", line):
+            return line.strip()
+    return "no panic line in the console"
 
 
 class VM:
@@ -115,13 +124,20 @@ class VM:
             try:
                 self._wait_ssh()
                 break
-            except NetworkRace as e:
+            except (NetworkRace, GuestCrashed) as e:
+                # One more boot for a guest that lost its network or died
+                # while booting. The latter is rare under TCG (an int3 Oops
+                # in early boot, from cross-CPU text patching); a kernel that
+                # cannot boot fails the second time too. Both consoles are kept.
+                died = isinstance(e, GuestCrashed) and self.proc.poll() is not None
                 self.stop()
-                if attempt == 2:
+                if attempt == 2 or not (isinstance(e, NetworkRace) or died):
                     raise
                 kept = self.console_log.with_suffix(f".attempt{attempt}.log")
                 self.console_log.rename(kept)
-                log.warn(f"{e}; console kept at {kept}; booting again")
+                why = str(e) if isinstance(e, NetworkRace) else \
+                    f"guest {self.name} died while booting ({_panic_line(kept)})"
+                log.warn(f"{why}; console kept at {kept}; booting again")
             except BaseException:
                 self.stop()
                 raise
