@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import tenacity
-
-from .scenario import poll, scaled
-
 import collections
 import dataclasses
 import ipaddress
 import socket
 import struct
+
+from .scenario import poll
 
 OPS = {
     16: "CREATED", 17: "ESTABLISHED", 18: "CLOSED", 19: "SUB_ESTABLISHED",
@@ -91,11 +89,9 @@ class Recorder:
             nonlocal last
             last = self.events()
             return cond(last)
-        try:
-            poll(probe, timeout, 0.2)
-        except tenacity.RetryError:
-            raise AssertionError(f"{what} not seen within {scaled(timeout):.0f}s; recorded:\n"
-                                 + "\n".join(map(str, last))) from None
+        poll(probe, timeout, 0.2,
+             lambda t: f"{what} not seen within {t:.0f}s; recorded:\n"
+                       + "\n".join(map(str, last)))
         return last
 
 

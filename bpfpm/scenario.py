@@ -29,12 +29,16 @@ def scaled(seconds: float) -> float:
     return seconds * TIME_SCALE
 
 
-def poll(fn, timeout: float, every: float):
-    """fn() until it returns something truthy (returned), or RetryError.
-    The timeout is scaled by TIME_SCALE."""
-    return tenacity.Retrying(stop=tenacity.stop_after_delay(scaled(timeout)),
-                             wait=tenacity.wait_fixed(every),
-                             retry=tenacity.retry_if_result(lambda r: not r))(fn)
+def poll(fn, timeout: float, every: float, failure):
+    """fn() until it returns something truthy (returned). After `timeout`
+    (scaled by TIME_SCALE), AssertionError with failure(seconds) as message."""
+    t = scaled(timeout)
+    try:
+        return tenacity.Retrying(stop=tenacity.stop_after_delay(t),
+                                 wait=tenacity.wait_fixed(every),
+                                 retry=tenacity.retry_if_result(lambda r: not r))(fn)
+    except tenacity.RetryError:
+        raise AssertionError(failure(t)) from None
 
 
 @dataclasses.dataclass
@@ -113,10 +117,8 @@ class Transfer:
             if rc is not None and not (total and sent >= fraction * total):
                 raise AssertionError(f"client exited (rc {rc}) at {sent}/{total} bytes")
             return total and sent >= fraction * total
-        try:
-            poll(check, timeout, 0.05)
-        except tenacity.RetryError:
-            raise AssertionError(f"transfer did not reach {fraction:.0%} in {scaled(timeout):.0f}s") from None
+        poll(check, timeout, 0.05,
+             lambda t: f"transfer did not reach {fraction:.0%} in {t:.0f}s")
 
     def wait(self, timeout: float = 180) -> TransferResult:
         a = self.net.agent
@@ -257,11 +259,9 @@ class Monitor:
                 if all(str(e.get(k)) == str(v) for k, v in match.items()):
                     return e
             return None
-        try:
-            return poll(find, timeout, 0.1)
-        except tenacity.RetryError:
-            raise AssertionError(f"no {kind} {match or ''} event in {self.side} netns within "
-                                 f"{scaled(timeout):.0f}s; seen: {self.events()}") from None
+        return poll(find, timeout, 0.1,
+                    lambda t: f"no {kind} {match or ''} event in {self.side} netns within "
+                              f"{t:.0f}s; seen: {self.events()}")
 
     def stop(self) -> None:
         self.net.agent.call("proc.kill", handle=self.handle)

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import klog, log
 from .agent import Agent
 from .build import KernelBuild
-from .errors import GuestCrashed
+from .errors import BpfpmError, GuestCrashed
 from .vm import VM
 
 
@@ -102,7 +102,7 @@ class GuestSession:
                           timeout=600, check=False)
         if res.rc != 0:
             # a debug run that cannot scan must not pass as leak-free
-            raise GuestCrashed(f"kmemleak scan failed (rc {res.rc}): {res.stderr.strip()[-300:]}"
+            raise BpfpmError(f"kmemleak scan failed (rc {res.rc}): {res.stderr.strip()[-300:]}"
                                " - is CONFIG_DEBUG_KMEMLEAK on and debugfs mounted?")
         return res.stdout.strip()
 

@@ -124,7 +124,7 @@ class VM:
             try:
                 self._wait_ssh()
                 break
-            except (NetworkRace, GuestCrashed) as e:
+            except GuestCrashed as e:   # NetworkRace is one too
                 # One more boot for a guest that lost its network or died
                 # while booting. The latter is rare under TCG (an int3 Oops
                 # in early boot, from cross-CPU text patching); a kernel that

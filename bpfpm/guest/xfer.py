@@ -74,6 +74,11 @@ def server(a) -> int:
     return 0
 
 
+def _progress(path: str, sent: int, total: int) -> None:
+    with open(path, "w") as f:
+        f.write(f"{sent} {total}\n")
+
+
 # the host releases a held connection when its `with` block ends
 HOLD_MAX = 900.0
 
@@ -107,13 +112,11 @@ def client(a) -> int:
         sent += len(chunk)
         if sent >= next_sample:
             mptcpinfo.merge_seen(seen, mptcpinfo.subflows(s))
-            with open(a.progress, "w") as f:
-                f.write(f"{sent} {a.bytes}\n")
+            _progress(a.progress, sent, a.bytes)
             next_sample = sent + 256 * 1024
     mptcpinfo.merge_seen(seen, mptcpinfo.subflows(s))
     if a.hold:
-        with open(a.progress, "w") as f:
-            f.write(f"{sent} {a.bytes}\n")
+        _progress(a.progress, sent, a.bytes)
         _wait_released(a.hold, HOLD_MAX)
     s.shutdown(socket.SHUT_WR)
     digest = b""
@@ -128,8 +131,7 @@ def client(a) -> int:
     info["token_at_connect"] = info_early.get("token")
     s.close()
     ok = digest == h.digest()
-    with open(a.progress, "w") as f:
-        f.write(f"{sent} {a.bytes}\n")
+    _progress(a.progress, sent, a.bytes)
     _write_json(a.report, {"bytes": sent, "sha256": h.hexdigest(),
                            "server_sha256": digest.hex(), "ok": ok,
                            "seconds": round(time.monotonic() - t0, 3), "conn": info,
