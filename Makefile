@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.bpfpm-setup
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: help setup kernel pms shell demo test test-fast vmtest bench-framework \
-        debug-test kselftest bisect clean-results
+        debug-test kselftest bisect bisect-demo cache clean-results
 
 help:
 	@echo "make setup            install Debian packages + Python venv (idempotent)"
@@ -23,7 +23,9 @@ help:
 	@echo "make bench-framework  measure build/boot/command speed targets"
 	@echo "make debug-test       BPF PM scenarios on the debug kernel (KASAN, lockdep, kmemleak; long)"
 	@echo "make kselftest        upstream MPTCP selftests, unpatched vs patched (long)"
-	@echo "make bisect GOOD=.. BAD=.. T='pytest args'   git bisect run over KERNEL_SRC"
+	@echo "make bisect GOOD=.. BAD=.. T='pytest args' [APPLY_SERIES=1] [RUNS=N]   git bisect run over KERNEL_SRC"
+	@echo "make bisect-demo      bisect an injected regression in a demo tree, check the verdict (long)"
+	@echo "make cache [ARGS=prune]  what the kernel cache holds; prune old kernels"
 
 $(STAMP): pyproject.toml scripts/setup-host.sh
 	bash scripts/setup-host.sh
@@ -67,7 +69,14 @@ bench-framework: setup
 	$(BPFPM) bench-framework
 
 bisect: setup
-	$(BPFPM) bisect --good "$(GOOD)" --bad "$(BAD)" -- $(T)
+	$(BPFPM) bisect --good "$(GOOD)" --bad "$(BAD)" $(if $(APPLY_SERIES),--apply-series) \
+		--runs "$(or $(RUNS),1)" -- $(T)
+
+bisect-demo: setup
+	$(BPFPM) bisect-demo
+
+cache: setup
+	$(BPFPM) cache $(ARGS)
 
 clean-results:
 	rm -rf results

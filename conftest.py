@@ -2,10 +2,11 @@
 
 Scope and dependencies:
   run_dir  (session)  results/<run>/ for consoles, dmesg and reports
-  kernel   (session)  the built guest kernel (built on first use, cached)
-  guest    (session)  one VM for the session, rebooted after a crash
-  vm       (function) the running VM; its kernel log is checked after the test
-  agent    (function) the guest agent of that VM
+  kernel   (session)  the built guest kernel, built (or found in the cache) with the
+                      PMs once collection is done, before any test and its timeout
+  guest    (session)  one VM at a time for the session, rebooted after it is lost
+  vm       (function) the running VM (run, call, put, get); the kernel log since the
+                      last check is scanned after the test
   network  (function) factory: network(TopoSpec) -> Network, torn down after
   topo     (function) client/server netns joined by veth links, torn down after;
                       shape it with @pytest.mark.topo(links=3, ipv6=False, ...)
@@ -18,28 +19,54 @@ Scope and dependencies:
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import pytest
 
-from bpfpm import build, events, pms, pmsetup, results, scenario
-from bpfpm.errors import GuestCrashed
+from bpfpm import events, pms, pmsetup, results
+from bpfpm import session as bpfpm_session
+from bpfpm.errors import GuestError
 from bpfpm.scenario import Network
 from bpfpm.session import GuestSession
 from bpfpm.topology import TopoSpec
 
 
+def _terminated(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "topo(**kw): TopoSpec.simple() arguments for `topo`")
+    # SIGTERM unwinds like Ctrl-C: fixtures tear down, guests power off
+    signal.signal(signal.SIGTERM, _terminated)
+
+
+def pytest_collection_finish(session):
+    """Build the kernel and the PMs before the first test, outside every
+    test's timeout (a cold build takes many minutes). `bpfpm test` has
+    done it already; then this costs a cache look-up."""
+    if any(item.get_closest_marker("vm") for item in session.items) \
+            and not session.config.option.collectonly:
+        session.config.stash[KERNEL] = bpfpm_session.build_all()
+
+
+KERNEL = pytest.StashKey()
 
 
 @pytest.fixture(scope="session")
 def run_dir():
-    return results.current_run()
+    ours = "BPFPM_RUN_DIR" not in os.environ    # else `bpfpm test` made it
+    run = results.current_run()
+    yield run
+    if ours:
+        results.finish_run(run)
 
 
 @pytest.fixture(scope="session")
-def kernel():
-    return build.build()
+def kernel(request):
+    kb = request.config.stash.get(KERNEL, None)
+    return kb if kb is not None else bpfpm_session.build_all()
 
 
 @pytest.fixture(scope="session")
@@ -47,13 +74,17 @@ def guest(kernel, run_dir, pm_objects):
     # pm_objects first: the guest's 9p root caches directory entries, so
     # files must exist before it boots.
     gs = GuestSession(kernel, run_dir)
-    if gs.debug:
-        scenario.TIME_SCALE = 4.0   # KASAN + lockdep under TCG
     results.write_json(run_dir / "kernel.json", kernel.info | {"release": kernel.release})
-    yield gs
-    # debug kernels: leaks that were too young for the last test's scan
-    leaks = gs.kmemleak_scan(settle=True) if gs.debug else ""
-    gs.stop()
+    try:
+        yield gs
+        # debug kernels: leaks that were too young for the last test's scan
+        leaks = gs.kmemleak_scan(settle=True) if gs.debug else ""
+        rest = gs.check_rest()
+    finally:
+        gs.close()
+    if rest.splats_before:
+        pytest.fail(f"kernel log after the last test has {len(rest.splats_before)} splat(s):\n"
+                    f"{gs.report(rest.splats_before)}", pytrace=False)
     if leaks:
         (run_dir / "kmemleak-final.txt").write_text(leaks)
         pytest.fail(f"kmemleak, final scan after all tests:\n{leaks[:6000]}", pytrace=False)
@@ -61,41 +92,48 @@ def guest(kernel, run_dir, pm_objects):
 
 @pytest.fixture
 def vm(guest, request, run_dir):
-    """The running guest; fails the test on any kernel splat it caused."""
+    """The running guest; fails the test on any kernel splat since the last
+    check (what came before the test began is named so)."""
     vm = guest.ensure()
     begin = guest.begin_test(request.node.nodeid)
     yield vm
-    leaks = guest.kmemleak_scan() if guest.debug else ""
-    segment, splats = guest.end_test(request.node.nodeid, begin)
+    leaks = guest.kmemleak_scan() if guest.debug and vm.alive() else ""
+    check = guest.end_test(request.node.nodeid, begin)
     slug = request.node.name.replace("/", "_")
     (run_dir / "dmesg").mkdir(exist_ok=True)
-    (run_dir / "dmesg" / f"{slug}.log").write_text(segment)
-    dead = not vm.alive() or not guest.responsive()
-    if dead:
+    (run_dir / "dmesg" / f"{slug}.log").write_text(check.text)
+    lost = vm.lost or (None if vm.alive() and vm.ping() else
+                       GuestError(f"guest {vm.name} stopped answering after the test; "
+                                  f"console: {vm.console_log}"))
+    if lost:
         guest.stop()
-    if splats:
-        report = "\n\n".join(guest.decode(s) for s in splats)
-        pytest.fail(f"kernel log of this test has {len(splats)} splat(s) "
-                    f"({', '.join(s.kind for s in splats)}):\n{report}", pytrace=False)
+    problems = []
+    if check.splats_during:
+        problems.append(f"kernel log of this test has {len(check.splats_during)} splat(s) "
+                        f"({', '.join(s.kind for s in check.splats_during)}):\n"
+                        f"{guest.report(check.splats_during)}")
+    if check.splats_before:
+        problems.append(f"kernel log BEFORE this test began (boot, or the previous test's "
+                        f"asynchronous cleanup) has {len(check.splats_before)} splat(s):\n"
+                        f"{guest.report(check.splats_before)}")
     if leaks:
-        pytest.fail(f"kmemleak found leaks after this test:\n{leaks[:6000]}", pytrace=False)
-    if dead:
-        raise GuestCrashed(f"guest died or hung during the test; console: {vm.console_log}")
+        problems.append(f"kmemleak found leaks after this test:\n{leaks[:6000]}")
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
+    # a test that already failed on the lost guest has said so
+    rep = getattr(request.node, "rep_call", None)
+    if lost and not (rep and rep.failed):
+        raise lost
 
 
 @pytest.fixture
-def agent(vm, guest):
-    return guest.agent
-
-
-@pytest.fixture
-def network(agent, request, run_dir):
+def network(vm, request, run_dir):
     """Factory: network(spec) -> Network created now, destroyed after the test;
     the transfers it ran are saved to <run>/transfers/<test>.json."""
     made = []
 
     def make(spec: TopoSpec) -> Network:
-        net = Network(agent, spec).create()
+        net = Network(vm, spec).create()
         made.append(net)
         return net
 
@@ -107,7 +145,7 @@ def network(agent, request, run_dir):
     for net in made:
         try:
             net.destroy()
-        except GuestCrashed:
+        except GuestError:
             pass
 
 
@@ -128,7 +166,7 @@ def pm_objects(kernel):
 
 
 @pytest.fixture
-def load_pm(agent, pm_objects):
+def load_pm(vm, pm_objects):
     """Factory: load_pm(name) -> LoadedPM attached to the root cgroup."""
     loaded = []
 
@@ -136,7 +174,7 @@ def load_pm(agent, pm_objects):
         obj = pm_objects[name]
         if isinstance(obj, Exception):
             raise obj
-        pm = pms.LoadedPM(agent, obj, name).__enter__()
+        pm = pms.LoadedPM(vm, obj, name).__enter__()
         loaded.append(pm)
         return pm
 
@@ -144,7 +182,7 @@ def load_pm(agent, pm_objects):
     for pm in reversed(loaded):
         try:
             pm.__exit__(None, None, None)
-        except GuestCrashed:
+        except GuestError:
             pass
 
 
@@ -166,6 +204,7 @@ def recorder(load_pm):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
     if rep.when == "call" and rep.failed and "run_dir" in item.fixturenames:
         run = item.funcargs.get("run_dir")
         if run:

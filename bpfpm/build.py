@@ -1,37 +1,53 @@
-"""Kernel build: work tree, patches, config, out-of-tree make with ccache.
+"""Kernel build: work tree, patches, config, out-of-tree make with ccache,
+and finished kernels published under their key.
 
 Layout under the cache dir (see paths.cache_dir):
+  kernels/<key>/   finished kernels, immutable, one per key (source, series,
+                   config, toolchain): bzImage, vmlinux, System.map, .config,
+                   include/config/kernel.release and bpfpm-build.json (the
+                   stamp, written last). Copied into a unique temp dir beside
+                   it and renamed into place, so a kernel dir is complete or
+                   absent. A run using one holds its .lock shared
+                   (KernelBuild.hold) and `bpfpm cache prune` skips it.
   trees/linux/     the one work tree: the chosen source rsynced in (mtimes
                    kept), then the series applied
-  builds/{base,debug}/  O= build dir per config; a fragment edit re-runs the
-                   config step and kbuild rebuilds only what depends on it
+  builds/{base,debug}/  O= build dir per config, rebuilt in place for speed;
+                   its stamp is removed before a rebuild starts and written
+                   (atomically) only after make succeeded
   ccache/          compiler cache (base_dir = cache dir)
   logs/            one log per build
+  build.lock       one build at a time (make inherits it, so a make outliving
+                   its bpfpm still holds it)
 Whatever the source (Debian's, a developer's tree, patched or not), it is
 synced into the same tree path, so make's own dependency tracking rebuilds
 only what differs and ccache (whose keys contain those paths) hits when a
-variant comes back. A build dir remembers the key of its last successful
-build; asking for the same key again returns at once.
+variant comes back. Asking for a key already in kernels/ returns at once,
+without a lock; a build re-checks kernels/<key> once it holds build.lock,
+since another run may have built it meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
-from . import kconfig, log, patches, source
+from . import cache, kconfig, log, patches, source
 from .errors import BpfpmError
 from .paths import cache_dir
 
+COLD_STEPS = 2810
 _PROGRESS = re.compile(r"^\s+(CC|AS|LD|AR|BTF|GEN|HOSTCC|OBJCOPY|CHK)\s+(\S+)")
 _ERROR = re.compile(r"(error:|Error \d+|undefined reference|\*\*\* )")
 
@@ -42,8 +58,16 @@ class KernelBuild:
     bzimage: Path
     vmlinux: Path
     build_dir: Path
-    src_dir: Path
+    src_dir: Path       # the work tree (scripts/decode_stacktrace.sh); may move on
     info: dict
+    lock: Path | None = None    # kernels/<key>/.lock; None for BPFPM_KERNEL_BUILD
+
+    def hold(self):
+        """`with kb.hold():` while booting/using this kernel, so that
+        `bpfpm cache prune` does not remove it underneath (shared flock)."""
+        if self.lock is None:
+            return contextlib.nullcontext(self)
+        return _holding(self)
 
     @property
     def release(self) -> str:
@@ -71,33 +95,24 @@ def _h(*parts: str) -> str:
 
 
 def toolchain_id() -> str:
-    out = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout
+    try:
+        out = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout
+    except FileNotFoundError:
+        raise BpfpmError("gcc not found: run `make setup` (scripts/setup-host.sh)") from None
     return out.splitlines()[0] if out else "gcc?"
 
 
-class BuildLock:
-    """One kernel build at a time on this machine (2 cores)."""
+@contextlib.contextmanager
+def _holding(kb: KernelBuild):
+    assert kb.lock is not None
+    with cache.hold(kb.lock.parent):
+        yield kb
 
-    def __init__(self):
-        self.path = cache_dir() / "build.lock"
 
-    def __enter__(self):
-        self.f = open(self.path, "a+")
-        try:
-            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.f.seek(0)
-            log.step(f"waiting for another kernel build to finish ({self.f.read().strip()})")
-            fcntl.flock(self.f, fcntl.LOCK_EX)
-        self.f.seek(0)
-        self.f.truncate()
-        self.f.write(f"pid {os.getpid()}")
-        self.f.flush()
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.f, fcntl.LOCK_UN)
-        self.f.close()
+def BuildLock():
+    """One kernel build at a time on this machine (2 cores); yields the lock
+    file, whose fd make inherits."""
+    return cache.flock(cache_dir() / "build.lock", "waiting for another kernel build to finish")
 
 
 def make_env() -> dict[str, str]:
@@ -123,7 +138,10 @@ def _sync_tree(src: source.KernelSource, tree: Path) -> list[str]:
             "--out-format=%i %n", f"{src.path}/", f"{tree}/"]
     r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode != 0:
-        raise BpfpmError(f"syncing the work tree failed: {r.stderr.strip()}")
+        if cache.says_no_space(r.stderr):
+            raise cache.no_space()
+        raise BpfpmError(f"syncing {src.path} into the work tree {tree} failed: "
+                         f"{r.stderr.strip()[-1500:]}")
     return [ln.split(" ", 1)[1] for ln in r.stdout.splitlines() if ln.startswith(">f")]
 
 
@@ -154,9 +172,7 @@ def _stamp_changes(tree: Path, changed: list[str]) -> int:
         os.utime(f, (now, now))
         manifest[rel] = [digest, now]
         really += 1
-    tmp = mpath.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest))
-    tmp.replace(mpath)
+    cache.atomic_write(mpath, json.dumps(manifest))
     return really
 
 
@@ -168,14 +184,38 @@ def _first_error(logfile: Path) -> str:
     return "\n".join(lines[-20:])
 
 
-def _make(src: Path, build: Path, targets: list[str], logf, total_hint: int) -> int:
-    jobs = os.environ.get("BPFPM_JOBS", str(os.cpu_count() or 1))
-    argv = ["make", "-C", str(src), f"O={build}", f"-j{jobs}",
-            "CC=ccache gcc", "HOSTCC=ccache gcc", *targets]
+GRACE = 5.0     # seconds make gets after SIGTERM before SIGKILL
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Take make and every compiler it started down: SIGTERM to its process
+    group, SIGKILL after GRACE seconds, then reap (bounded)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=GRACE)
+        except subprocess.TimeoutExpired:
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)     # compilers make left behind
+        break
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=GRACE)
+
+
+def _run_make(argv: list[str], logf, total_hint: int, keep_fds: tuple[int, ...] = ()) -> int:
+    """Run make with its output in the log and a progress line every so often;
+    the number of build steps. Make runs in its own session (its own process
+    group, taken down whole on Ctrl-C/SIGTERM) and inherits `keep_fds` (the
+    build lock)."""
     logf.write(f"$ {' '.join(argv)}\n")
     logf.flush()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=make_env(), text=True, errors="replace")
+                            env=make_env(), text=True, errors="replace",
+                            start_new_session=True, pass_fds=keep_fds)
     count = 0
     last = ""
     done = threading.Event()
@@ -184,8 +224,13 @@ def _make(src: Path, build: Path, targets: list[str], logf, total_hint: int) -> 
 
     def ticker():
         while not done.wait(10 if interactive else 30):
-            pct = f" ~{min(99, 100 * count // total_hint)}%" if total_hint else ""
-            log.step(f"  build {int(time.monotonic() - t0)}s: {count} steps{pct}, at {last}")
+            took = time.monotonic() - t0
+            eta = ""
+            if total_hint and count:
+                left = max(0, total_hint - count) * took / count
+                eta = f" of ~{total_hint} ({min(99, 100 * count // total_hint)}%, " \
+                      f"~{int(left // 60)} min {int(left % 60)} s left)"
+            log.step(f"  build {int(took)}s: {count} steps{eta}, at {last}")
 
     th = threading.Thread(target=ticker, daemon=True)
     th.start()
@@ -200,17 +245,151 @@ def _make(src: Path, build: Path, targets: list[str], logf, total_hint: int) -> 
         rc = proc.wait()
     except BaseException:
         # interrupted (Ctrl-C, SIGTERM): take make and its compilers down too
-        proc.terminate()
-        proc.wait()
+        _stop_group(proc)
         raise
     finally:
         done.set()
         th.join()
+        proc.stdout.close()
     logf.flush()
     if rc != 0:
+        if cache.says_no_space(Path(logf.name).read_text(errors="replace")):
+            raise cache.no_space()
         raise BpfpmError(f"kernel build failed (make exit {rc}); first error:\n"
                          f"{_first_error(Path(logf.name))}\nfull log: {logf.name}")
     return count
+
+
+def _make(src: Path, build: Path, targets: list[str], logf, total_hint: int,
+          keep_fds: tuple[int, ...] = ()) -> int:
+    jobs = os.environ.get("BPFPM_JOBS", str(os.cpu_count() or 1))
+    argv = ["make", "-C", str(src), f"O={build}", f"-j{jobs}",
+            "CC=ccache gcc", "HOSTCC=ccache gcc", *targets]
+    return _run_make(argv, logf, total_hint, keep_fds)
+
+
+# what a finished kernel is: build-dir path -> name in kernels/<key>/
+ARTIFACTS = {"arch/x86/boot/bzImage": "bzImage", "vmlinux": "vmlinux",
+             "System.map": "System.map", ".config": ".config",
+             "include/config/kernel.release": "include/config/kernel.release"}
+
+
+def _read_stamp(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.warn(f"ignoring unreadable {path}: {e}")
+        return {}
+
+
+def _published(kdir: Path, tree: Path) -> KernelBuild | None:
+    """The finished kernel in kernels/<key>/, if there is one."""
+    info = _read_stamp(kdir / cache.STAMP)
+    if not info:
+        return None
+    cache.mark_used(kdir)
+    return KernelBuild(kdir.name, kdir / "bzImage", kdir / "vmlinux", kdir, tree, info,
+                       kdir / cache.LOCK)
+
+
+def _publish(bdir: Path, kdir: Path, info: dict) -> None:
+    """Copy the build's artifacts into a fresh temp dir beside kernels/<key>
+    and rename it into place; the stamp goes in last. Caller holds the build
+    lock, so any other temp dir there is a leftover of a killed run."""
+    parent = kdir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.glob(".publish-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    if kdir.exists():           # a dir without a stamp: not a kernel, a leftover
+        cache.trash(kdir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".publish-{kdir.name}-", dir=parent))
+    try:
+        with cache.disk_errors(f"publishing the kernel into {kdir}",
+                               f"the build itself is complete in {bdir}; run again"):
+            for rel, name in ARTIFACTS.items():
+                dest = tmp / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(bdir / rel, dest)
+            (tmp / cache.LOCK).touch()
+            published = info | {"published": time.strftime("%Y-%m-%d %H:%M:%S")}
+            cache.atomic_write(tmp / cache.STAMP, json.dumps(published, indent=2))
+            os.chmod(tmp, 0o755)
+            os.rename(tmp, kdir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _new_log(logs: Path, key: str):
+    """A new build log (open file, path); never one another build wrote."""
+    base = f"build-{time.strftime('%Y%m%d-%H%M%S')}-{key}"
+    for n in range(1, 1000):
+        p = logs / (f"{base}.log" if n == 1 else f"{base}-{n}.log")
+        try:
+            return open(p, "x"), p
+        except FileExistsError:
+            continue
+    raise BpfpmError(f"too many build logs named {base}* in {logs}")
+
+
+def _build_in_place(src: source.KernelSource, series: list[Path], key: str, debug: bool,
+                    tree: Path, bdir: Path, lock_fd: int) -> dict:
+    """Sync, patch, configure and make in builds/<config>; the new stamp."""
+    skey = patches.series_key(series)
+    ckey = kconfig.config_key(debug)
+    stamp = bdir / cache.STAMP
+    prev = _read_stamp(stamp)
+    c = cache_dir()
+    logs = c / "logs"
+    with cache.disk_errors(f"preparing {bdir}"):
+        stamp.unlink(missing_ok=True)   # from here on the build dir is not complete
+        logs.mkdir(exist_ok=True)
+        bdir.mkdir(parents=True, exist_ok=True)
+        logf, logfile = _new_log(logs, key)
+    t0 = time.monotonic()
+    log.step(f"kernel source: {src.description}")
+    log.step(f"building kernel {key} ({len(series)} patches, config {ckey}"
+             f"{', debug' if debug else ''}) in {bdir}; log {logfile}")
+    try:
+        with logf:
+            with cache.disk_errors(f"syncing {src.path} into the work tree {tree}"):
+                synced = _sync_tree(src, tree)
+            with cache.disk_errors(f"applying the patch series to {tree}"):
+                if series and patches.already_applied(tree, series):
+                    log.step("the source tree already carries the series; not applying it")
+                    applied: list[str] = []
+                else:
+                    applied = patches.apply(tree, series)
+                n = _stamp_changes(tree, synced + applied)
+            log.step(f"work tree: {n} files differ from the last build")
+            with cache.disk_errors(f"building the kernel in {bdir}", f"see {logfile}"):
+                if prev.get("config_key") != ckey or not (bdir / ".config").exists():
+                    log.step("configuring (defconfig + kvm_guest + " +
+                             ", ".join(f.name for f in kconfig.fragments(debug)) + ")")
+                    kconfig.configure(tree, bdir, debug, logf)
+                # the ETA is for a build from scratch: steps of the last full
+                # build here, or of a cold build of the base config (2810);
+                # an incremental build is short and its size unknown
+                cold = not (bdir / "vmlinux").exists()
+                hint = (prev.get("steps", 0) or COLD_STEPS) if cold else 0
+                steps = _make(tree, bdir, ["bzImage"], logf, hint, (lock_fd,))
+    except BpfpmError as e:
+        if "no space left on" not in str(e) and logfile.exists() and \
+                cache.says_no_space(logfile.read_text(errors="replace")):
+            raise cache.no_space() from e
+        raise
+    elapsed = time.monotonic() - t0
+    info = {"key": key, "source": src.description, "source_ident": src.ident,
+            "patches": [p.name for p in series], "patched_files": applied,
+            "series_key": skey, "config_key": ckey, "debug": debug,
+            "toolchain": toolchain_id(), "steps": max(steps, prev.get("steps", 0)),
+            "seconds": round(elapsed, 1), "log": str(logfile)}
+    with cache.disk_errors(f"writing {stamp}"):
+        cache.atomic_write(stamp, json.dumps(info, indent=2))
+    log.step(f"kernel built in {elapsed:.0f}s")
+    return info
 
 
 def build(debug: bool | None = None, patched: bool = True) -> KernelBuild:
@@ -220,52 +399,30 @@ def build(debug: bool | None = None, patched: bool = True) -> KernelBuild:
     if debug is None:
         debug = os.environ.get("DEBUG", "0") not in ("", "0")
     src = source.resolve()
-    series = patches.series() if patched else []
-    skey = patches.series_key(series)
-    ckey = kconfig.config_key(debug)
-    key = _h(src.ident, skey, ckey, toolchain_id())
+    with cache.disk_errors("reading the patch series and config fragments"):
+        series = patches.series() if patched else []
+        key = _h(src.ident, patches.series_key(series), kconfig.config_key(debug),
+                 toolchain_id())
     c = cache_dir()
     tree = c / "trees" / "linux"
+    kdir = cache.kernels_dir() / key
+    kb = _published(kdir, tree)
+    if kb:
+        log.step(f"kernel {key} up to date: {kb.bzimage}")
+        return kb
     bdir = c / "builds" / ("debug" if debug else "base")
-    stamp = bdir / "bpfpm-build.json"
-    result = KernelBuild(key, bdir / "arch/x86/boot/bzImage", bdir / "vmlinux", bdir, tree, {})
-    if stamp.exists() and result.bzimage.exists():
-        info = json.loads(stamp.read_text())
-        if info.get("key") == key:
-            log.step(f"kernel {key} up to date: {result.bzimage}")
-            return dataclasses.replace(result, info=info)
-
-    with BuildLock():
-        logs = c / "logs"
-        logs.mkdir(exist_ok=True)
-        logfile = logs / f"build-{time.strftime('%Y%m%d-%H%M%S')}-{key}.log"
-        t0 = time.monotonic()
-        log.step(f"kernel source: {src.description}")
-        log.step(f"building kernel {key} ({len(series)} patches, config {ckey}"
-                 f"{', debug' if debug else ''}) in {bdir}; log {logfile}")
-        bdir.mkdir(parents=True, exist_ok=True)
-        with open(logfile, "w") as logf:
-            synced = _sync_tree(src, tree)
-            if series and patches.already_applied(tree, series):
-                log.step("the source tree already carries the series; not applying it")
-                applied: list[str] = []
-            else:
-                applied = patches.apply(tree, series)
-            n = _stamp_changes(tree, synced + applied)
-            log.step(f"work tree: {n} files differ from the last build")
-            prev = json.loads(stamp.read_text()) if stamp.exists() else {}
-            if prev.get("config_key") != ckey or not (bdir / ".config").exists():
-                log.step("configuring (defconfig + kvm_guest + " +
-                         ", ".join(f.name for f in kconfig.fragments(debug)) + ")")
-                kconfig.configure(tree, bdir, debug, logf)
-            hint = prev.get("steps", 0)
-            steps = _make(tree, bdir, ["bzImage"], logf, hint)
-        elapsed = time.monotonic() - t0
-        info = {"key": key, "source": src.description, "source_ident": src.ident,
-                "patches": [p.name for p in series], "patched_files": applied,
-                "series_key": skey, "config_key": ckey, "debug": debug,
-                "toolchain": toolchain_id(), "steps": max(steps, hint),
-                "seconds": round(elapsed, 1), "log": str(logfile)}
-        stamp.write_text(json.dumps(info, indent=2))
-        log.step(f"kernel built in {elapsed:.0f}s: {result.bzimage}")
-        return dataclasses.replace(result, info=info)
+    with cache.disk_errors(f"building kernel {key}"), BuildLock() as lock:
+        kb = _published(kdir, tree)         # another run may have built it meanwhile
+        if kb:
+            log.step(f"kernel {key} built meanwhile by another run: {kb.bzimage}")
+            return kb
+        info = _read_stamp(bdir / cache.STAMP)
+        if info.get("key") == key and all((bdir / rel).exists() for rel in ARTIFACTS):
+            log.step(f"kernel {key} finished in {bdir}; publishing it")
+        else:
+            info = _build_in_place(src, series, key, debug, tree, bdir, lock.fileno())
+        _publish(bdir, kdir, info)
+        kb = _published(kdir, tree)
+        assert kb is not None
+        log.step(f"kernel {key} ready: {kb.bzimage}")
+        return kb

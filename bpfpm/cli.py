@@ -1,17 +1,19 @@
 """bpfpm command line: a thin front end over the modules.
 
 Every subcommand returns an exit code: 0 success, 1 failure (explained on
-stderr), 2 usage error, 3 the guest crashed or never came up.
+stderr), 2 usage error, 3 the guest was lost (crashed, frozen, channel
+dropped) or never came up, 130 interrupted (Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import shlex
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from . import log
 from .errors import BpfpmError
@@ -57,46 +59,46 @@ def cmd_pms(a) -> int:
     return 1 if failed else 0
 
 
-def _boot(a, label: str):
-    from . import build, results
+def _guest(a, label: str):
+    """run dir + kernel + booted guest, for shell and run."""
+    from . import build, session
     from .vm import VM
     kb = build.build(debug=getattr(a, "debug", False) or None)
-    run = results.new_run(label)
-    vm = VM(kb, run, name="guest")
     if getattr(a, "dry_run", False):
-        print(shlex.join(vm.argv()))
+        print(shlex.join(VM(kb, Path("/tmp/bpfpm-dry-run"), name="guest").argv()))
         return None
-    log.step(f"booting {kb.release}; console log {vm.console_log}")
-    return vm.start()
+    stack = contextlib.ExitStack()
+    run = stack.enter_context(session.run_dir(label))
+    return stack, stack.enter_context(session.boot(kb, run))
 
 
 def cmd_shell(a) -> int:
-    from .vm import SSH_KEY
-    vm = _boot(a, "shell")
-    if vm is None:
+    booted = _guest(a, "shell")
+    if booted is None:
         return 0
-    try:
-        log.step(f"guest up in {vm.boot_seconds:.1f}s; exit the shell to power it off")
-        argv = ["ssh", "-i", str(SSH_KEY), "-p", str(vm.port), "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@127.0.0.1"]
+    stack, vm = booted
+    with stack:
+        log.step("exit the shell to power the guest off")
+        known = vm.run_dir / "known_hosts"       # the guest's pinned host key
+        known.write_text(f"[127.0.0.1]:{vm.port} {vm.keys.host_pub.read_text()}")
+        argv = ["ssh", "-i", str(vm.keys.client), "-p", str(vm.port),
+                "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes",
+                "-o", f"UserKnownHostsFile={known}", "-o", "LogLevel=ERROR", "root@127.0.0.1"]
         if a.command:
             argv.append(" ".join(a.command))
         return subprocess.call(argv)
-    finally:
-        vm.stop()
 
 
 def cmd_run(a) -> int:
-    vm = _boot(a, "run")
-    if vm is None:
+    booted = _guest(a, "run")
+    if booted is None:
         return 0
-    try:
+    stack, vm = booted
+    with stack:
         res = vm.run(" ".join(a.command), timeout=a.timeout, check=False)
         sys.stdout.write(res.stdout)
         sys.stderr.write(res.stderr)
         return res.rc
-    finally:
-        vm.stop()
 
 
 def cmd_demo(a) -> int:
@@ -105,15 +107,8 @@ def cmd_demo(a) -> int:
 
 
 def cmd_test(a) -> int:
-    from . import results
-    run = results.new_run("test")
-    env = dict(os.environ, BPFPM_RUN_DIR=str(run))
-    argv = [sys.executable, "-m", "pytest", f"--junitxml={run / 'junit.xml'}",
-            "-o", "junit_family=xunit2", *a.pytest_args]
-    log.step(f"results: {run} (results/latest)")
-    with open(run / "pytest.cmdline", "w") as f:
-        f.write(shlex.join(argv) + "\n")
-    return subprocess.call(argv, env=env, stdin=subprocess.DEVNULL)
+    from . import runner
+    return runner.run_pytest(a.pytest_args)
 
 
 def cmd_bench_framework(a) -> int:
@@ -126,14 +121,25 @@ def cmd_kselftest(a) -> int:
     return kselftest.main(a)
 
 
+def cmd_cache(a) -> int:
+    from . import cache
+    return cache.main(a)
+
+
 def cmd_bisect(a) -> int:
     from . import bisect
-    return bisect.run(a.good, a.bad, a.selector)
+    out = bisect.run(a.good, a.bad, a.selector, apply_series=a.apply_series, runs=a.runs)
+    return 0 if out.first_bad else 1
 
 
 def cmd_bisect_step(a) -> int:
     from . import bisect
-    return bisect.step(a.selector)
+    return bisect.step(a.selector, Path(a.run_dir), a.runs)
+
+
+def cmd_bisect_demo(a) -> int:
+    from . import bisectdemo
+    return bisectdemo.main(a)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -186,19 +192,41 @@ def parser() -> argparse.ArgumentParser:
                     "'mptcp_join.sh -f -s' (default: " + " ".join(KSELFTEST_DEFAULT) + ")")
     ks.set_defaults(fn=cmd_kselftest)
 
-    bi = sub.add_parser("bisect", help="git bisect run over KERNEL_SRC with a scenario as oracle")
-    bi.add_argument("--good", required=True)
-    bi.add_argument("--bad", required=True)
+    ca = sub.add_parser("cache", help="show what the build cache holds; prune old kernels")
+    ca.add_argument("action", nargs="?", choices=("show", "prune"), default="show")
+    ca.add_argument("--keep", type=int, default=3,
+                    help="prune: unused kernels to keep, most recently used first (default 3)")
+    ca.set_defaults(fn=cmd_cache)
+
+    bi = sub.add_parser(
+        "bisect", help="git bisect run over KERNEL_SRC with a scenario as oracle",
+        description="Each step builds the checked-out commit incrementally, boots once and "
+        "runs the selection: good when it passes, bad when a test fails, skipped when the "
+        "commit does not build or boot (or, with --apply-series, the series does not apply); "
+        "a usage, collection or infrastructure error stops the bisection. The tree ends on "
+        "the branch and commit it started from. Test paths are relative to the bpfpm checkout.")
+    bi.add_argument("--good", required=True, help="a commit where the selection passes")
+    bi.add_argument("--bad", required=True, help="a commit where it fails")
+    bi.add_argument("--apply-series", action="store_true",
+                    help="apply kernel/patches/<version>/series on each step's checkout "
+                    "(an upstream tree without the series)")
+    bi.add_argument("--runs", type=int, default=1, metavar="N",
+                    help="run the selection N times a step; good only if all pass (racy bugs)")
     bi.add_argument("selector", nargs="+", help="pytest arguments selecting the oracle test(s)")
     bi.set_defaults(fn=cmd_bisect)
     bs = sub.add_parser("bisect-step")  # internal: one `git bisect run` step
+    bs.add_argument("--run-dir", required=True)
+    bs.add_argument("--runs", type=int, default=1)
     bs.add_argument("selector", nargs="+")
     bs.set_defaults(fn=cmd_bisect_step)
+    bd = sub.add_parser("bisect-demo", help="prove bisect on an injected regression "
+                        "(makes a git tree from the cached source; long)")
+    bd.set_defaults(fn=cmd_bisect_demo)
     return p
 
 
 def _terminated(signum, frame):
-    raise KeyboardInterrupt
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv=None) -> int:

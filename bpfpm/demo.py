@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import contextlib
 
-from . import build, log, pms, results
-from .agent import Agent
+from . import build, log, pms, results, session
 from .pmsetup import FULLMESH, Mesh
 from .scenario import Network
 from .topology import TopoSpec
-from .vm import VM
 
 
 def main(a) -> int:
@@ -27,16 +25,14 @@ def main(a) -> int:
         log.error(f"--pm {pm}: expected one of {', '.join(FULLMESH)}")
         return 2
     objs = pms.build(kb, ["fullmesh"]) if pm == "bpf" else {}
-    run = results.new_run("demo")
     spec = TopoSpec.simple(2, ipv6=False, rate_mbit=100)
-    with VM(kb, run, name="demo") as vm, contextlib.ExitStack() as stack:
-        log.step(f"guest up in {vm.boot_seconds:.1f}s ({kb.release}, {kb.info.get('source')})")
-        agent = Agent(vm)
-        stack.callback(agent.close)
-        net = Network(agent, spec).create()
+    with contextlib.ExitStack() as stack:
+        run = stack.enter_context(session.run_dir("demo"))
+        vm = stack.enter_context(session.boot(kb, run, name="demo"))
+        net = Network(vm, spec).create()
 
         def load_pm(name):
-            return stack.enter_context(pms.LoadedPM(agent, objs[name], name))
+            return stack.enter_context(pms.LoadedPM(vm, objs[name], name))
 
         mesh = Mesh(spec.addrs("client"), spec.addrs("server"))
         FULLMESH[pm](net, mesh, load_pm)

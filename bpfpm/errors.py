@@ -1,4 +1,7 @@
-"""One exception type for failures that have already been explained."""
+"""Exception types: one for failures already explained, and the ways a guest
+can be lost, each named for what happened (callers react differently: a
+crash keeps the console and boots again, a kernel that does not boot stops
+the run, a timed-out command leaves the guest usable)."""
 
 
 class BpfpmError(Exception):
@@ -7,7 +10,27 @@ class BpfpmError(Exception):
     exit_code = 1
 
 
-class GuestCrashed(BpfpmError):
-    """The guest panicked or stopped answering."""
+class GuestError(BpfpmError):
+    """The guest is gone or unusable; the run cannot go on with it."""
 
     exit_code = 3
+
+
+class GuestCrashed(GuestError):
+    """The guest kernel panicked, or QEMU exited under a running test."""
+
+
+class BootFailed(GuestError):
+    """The guest never came up (no SSH, no agent) within the boot deadline."""
+
+
+class GuestFrozen(GuestError):
+    """QEMU is there but the guest stopped answering (no heartbeat)."""
+
+
+class ChannelLost(GuestError):
+    """The command channel dropped (sshd or agent gone) while QEMU runs."""
+
+
+class CallTimeout(BpfpmError):
+    """One guest call did not finish in time; the guest itself still answers."""

@@ -91,7 +91,7 @@ class Recorder:
             return cond(last)
         poll(probe, timeout, 0.2,
              lambda t: f"{what} not seen within {t:.0f}s; recorded:\n"
-                       + "\n".join(map(str, last)))
+                       + "\n".join(map(str, last)), self.pm.guest.time_scale)
         return last
 
 

@@ -1,4 +1,4 @@
-"""Host quirks, probed once: acceleration, free ports, required tools.
+"""Host quirks, probed once: acceleration; process state.
 
 KVM is used only when it can really run a guest. On nested hosts /dev/kvm
 can exist while the CPU shows no vmx/svm flag: QEMU's `-cpu host` then
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 
 from . import log
 from .errors import BpfpmError
@@ -49,7 +48,10 @@ def kvm_unusable_reason() -> str | None:
     return None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def pid_running(pid: int) -> bool:
+    """The process exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")

@@ -38,13 +38,14 @@ _SUBTEST = re.compile(r"^(not ok|ok) \d+ - (.*?)(?: # (SKIP|TODO|time=)\S*.*)?$"
 def install(kb: KernelBuild, label: str) -> Path:
     from .build import make_env
     out = cache_dir() / "kselftest" / label
+    hdr = out.parent / f"{label}-headers"    # kernels/<key>/ is never written to
     logf = out.parent / f"{label}.log"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(logf, "w") as f:
         steps = [
-            ["make", "-C", str(kb.src_dir), f"O={kb.build_dir}", "headers_install"],
+            ["make", "-C", str(kb.src_dir), f"O={hdr}", "headers_install"],
             ["make", "-C", str(kb.src_dir / "tools/testing/selftests"), "TARGETS=net/mptcp",
-             f"KHDR_INCLUDES=-isystem {kb.build_dir}/usr/include",
+             f"KHDR_INCLUDES=-isystem {hdr}/usr/include",
              f"INSTALL_PATH={out}", "install"],
         ]
         for argv in steps:
@@ -81,13 +82,12 @@ def _file(script: str) -> str:
 
 
 def run_variant(patched: bool, scripts: list[str], run: Path) -> dict[str, dict]:
-    from . import build
-    from .vm import VM
+    from . import build, session
     label = "patched" if patched else "unpatched"
     kb = build.build(patched=patched)
     inst = install(kb, label) / "net" / "mptcp"
     out: dict[str, dict] = {}
-    with VM(kb, run, name=f"kselftest-{label}", memory="2G") as vm:
+    with session.boot(kb, run, name=f"kselftest-{label}", memory="2G") as vm:
         for s in scripts:
             t0 = time.monotonic()
             log.step(f"[{label}] {s} ...")
@@ -126,7 +126,12 @@ def compare(plain: dict[str, dict], patched: dict[str, dict]) -> list[str]:
 
 
 def main(a) -> int:
-    run = results.new_run("kselftest")
+    from . import session
+    with session.run_dir("kselftest") as run:
+        return _main(a, run)
+
+
+def _main(a, run) -> int:
     scripts = a.scripts or DEFAULT
     plain = run_variant(False, scripts, run)
     patched = run_variant(True, scripts, run)

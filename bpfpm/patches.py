@@ -8,7 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from . import log
+from . import cache, log
 from .errors import BpfpmError
 from .paths import KERNEL_DIR
 
@@ -53,7 +53,9 @@ def touched_files(patch: Path) -> list[str]:
 
 
 def _patch(tree: Path, patch: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["patch", "-p1", "--batch", "--no-backup-if-mismatch",
+    """patch(1) with fuzz 0, as quilt does: a hunk whose context does not
+    match exactly is refused rather than put at a guessed place."""
+    return subprocess.run(["patch", "-p1", "-F0", "--batch", "--no-backup-if-mismatch",
                            "-r", "-", *extra, "-i", str(patch)],
                           cwd=tree, capture_output=True, text=True)
 
@@ -86,6 +88,8 @@ def apply(tree: Path, patches: list[Path]) -> list[str]:
     for p in patches:
         r = _patch(tree, p, "--forward")
         if r.returncode != 0:
+            if cache.says_no_space(r.stdout + r.stderr):
+                raise cache.no_space()
             raise BpfpmError(failure_report(p, r.stdout + r.stderr))
         touched.update(touched_files(p))
     if patches:

@@ -9,11 +9,12 @@ guest (prog load + pinmaps, cgroup attach sock_ops), through the agent.
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 from pathlib import Path
 
 from . import log
-from .agent import Agent, AgentError
+from .channel import AgentError
 from .build import KernelBuild
 from .errors import BpfpmError
 from .paths import PMS_DIR, cache_dir
@@ -40,9 +41,9 @@ def vmlinux_h(kernel: KernelBuild) -> Path:
         if r.returncode != 0:
             raise BpfpmError(f"bpftool btf dump of {kernel.vmlinux} failed: {r.stderr.strip()}"
                              "\nis CONFIG_DEBUG_INFO_BTF=y and pahole installed?")
-        tmp = out.with_suffix(".tmp")
+        tmp = out.with_name(f".{out.name}.{os.getpid()}")
         tmp.write_text(r.stdout)
-        tmp.rename(out)
+        os.replace(tmp, out)
     return out
 
 
@@ -72,12 +73,13 @@ def build(kernel: KernelBuild, names: list[str] | None = None) -> dict[str, Path
         h.update(" ".join(CFLAGS).encode())
         obj = inc / f"{name}.{h.hexdigest()[:12]}.bpf.o"
         if not obj.exists():
+            tmp = obj.with_name(f".{obj.name}.{os.getpid()}")
             argv = ["clang", *CFLAGS, f"-I{inc}", f"-I{PMS_DIR}", "-c", str(src),
-                    "-o", str(obj) + ".tmp"]
+                    "-o", str(tmp)]
             r = subprocess.run(argv, capture_output=True, text=True)
             if r.returncode != 0:
                 raise BpfpmError(f"compiling {src.name} failed:\n{r.stderr.strip()[-3000:]}")
-            Path(str(obj) + ".tmp").rename(obj)
+            os.replace(tmp, obj)
             log.step(f"built {src.name} -> {obj}")
         objs[name] = obj
     return objs
@@ -90,28 +92,28 @@ class LoadedPM:
             pm.set_config(4)
     """
 
-    def __init__(self, agent: Agent, obj: Path, name: str):
-        self.agent, self.obj, self.name = agent, obj, name
+    def __init__(self, guest, obj: Path, name: str):
+        self.guest, self.obj, self.name = guest, obj, name
         self.attached = False
 
     def __enter__(self) -> "LoadedPM":
         try:
-            self.agent.call("bpf.load", obj=str(self.obj), name=self.name)
+            self.guest.call("bpf.load", obj=str(self.obj), name=self.name)
         except AgentError as e:
             raise BpfpmError(f"loading BPF path manager {self.name} failed "
                              f"(verifier log tail follows):\n{e}") from None
-        self.agent.call("bpf.attach", name=self.name)
+        self.guest.call("bpf.attach", name=self.name)
         self.attached = True
         return self
 
     def __exit__(self, *exc) -> None:
-        self.agent.call("bpf.unload", name=self.name)
+        self.guest.call("bpf.unload", name=self.name)
 
     def map(self, map_name: str) -> list[dict]:
-        return self.agent.call("bpf.map_dump", name=self.name, map=map_name)
+        return self.guest.call("bpf.map_dump", name=self.name, map=map_name)
 
     def update(self, map_name: str, key: int, value: bytes) -> None:
-        self.agent.call("bpf.map_update", name=self.name, map=map_name, key=key,
+        self.guest.call("bpf.map_update", name=self.name, map=map_name, key=key,
                         value=list(value))
 
     def set_config(self, value: int) -> None:

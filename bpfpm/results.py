@@ -1,9 +1,11 @@
-"""Run directories: results/<run>/ with results/latest pointing at the newest."""
+"""Run directories: results/<run>/, and results/latest naming the last run
+that finished (a run still going, or two at once, never moves it early)."""
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from pathlib import Path
 
@@ -16,20 +18,38 @@ def new_run(label: str = "run") -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run = root / f"{stamp}-{label}"
     n = 1
-    while run.exists():
-        n += 1
-        run = root / f"{stamp}-{label}-{n}"
-    run.mkdir()
-    latest = root / "latest"
-    tmp = root / f".latest-{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(run.name)
-    os.replace(tmp, latest)
-    return run
+    while True:
+        try:
+            run.mkdir()             # not exists() then mkdir(): runs start at once
+            return run
+        except FileExistsError:
+            n += 1
+            run = root / f"{stamp}-{label}-{n}"
+
+
+def finish_run(run: Path) -> None:
+    """Point results/latest at `run`, now that it is over: a symlink under a
+    unique temp name, renamed over the old one (atomic, last finisher wins)."""
+    root = results_root()
+    same = run.parent.resolve() == root.resolve()
+    target = run.name if same else str(run.resolve())
+    while True:
+        tmp = root / f".latest-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            tmp.symlink_to(target)
+            break
+        except FileExistsError:
+            continue
+    try:
+        os.replace(tmp, root / "latest")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def current_run(label: str = "pytest") -> Path:
-    """The run dir chosen by `bpfpm test` (BPFPM_RUN_DIR), or a new one."""
+    """The run dir chosen by `bpfpm test` (BPFPM_RUN_DIR), or a new one
+    (whose creator calls finish_run at its end)."""
     env = os.environ.get("BPFPM_RUN_DIR")
     if env:
         p = Path(env)

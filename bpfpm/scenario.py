@@ -1,6 +1,6 @@
 """Scenario building blocks used by vmtests: a network and its transfers.
 
-    net = Network(agent, TopoSpec.simple(2))
+    net = Network(vm, TopoSpec.simple(2))
     net.kernel_pm(client_subflow_endpoints=True)
     with net.transfer(nbytes=8 << 20) as xfer:
         xfer.wait_progress(0.25)
@@ -15,24 +15,17 @@ import itertools
 
 import tenacity
 
-from .agent import Agent
 from .topology import TopoSpec
 
 _ports = itertools.count(10000)
 
-# Waits are written for the normal kernel under TCG; a debug kernel (KASAN,
-# lockdep) is several times slower, and the session sets this accordingly.
-TIME_SCALE = 1.0
 
-
-def scaled(seconds: float) -> float:
-    return seconds * TIME_SCALE
-
-
-def poll(fn, timeout: float, every: float, failure):
+def poll(fn, timeout: float, every: float, failure, scale: float):
     """fn() until it returns something truthy (returned). After `timeout`
-    (scaled by TIME_SCALE), AssertionError with failure(seconds) as message."""
-    t = scaled(timeout)
+    times `scale` (the guest's time_scale: waits are written for the normal
+    kernel under TCG, a debug kernel is several times slower),
+    AssertionError with failure(seconds) as message."""
+    t = timeout * scale
     try:
         return tenacity.Retrying(stop=tenacity.stop_after_delay(t),
                                  wait=tenacity.wait_fixed(every),
@@ -85,48 +78,50 @@ class Transfer:
 
     def __init__(self, net: "Network", nbytes: int, server_addr: str, port: int,
                  server_proto: str, client_proto: str, bind: str | None, seed: int,
-                 hold: bool = False):
+                 hold: bool = False, subflows: int = 0):
         self.net, self.nbytes, self.addr, self.port = net, nbytes, server_addr, port
         self.server_proto, self.client_proto, self.bind, self.seed = \
             server_proto, client_proto, bind, seed
         self.hold = hold
+        self.subflows = subflows
         self.result: TransferResult | None = None
 
     def start(self) -> "Transfer":
-        a, t = self.net.agent, self.net.spec
+        a, t = self.net.guest, self.net.spec
         fam = 6 if ":" in self.addr else 4
         self.srv = a.call("xfer.server", ns=t.server_ns, port=self.port, family=fam,
                           proto=self.server_proto)
         self.cli = a.call("xfer.client", ns=t.client_ns, addr=self.addr, port=self.port,
                           nbytes=self.nbytes, seed=self.seed, proto=self.client_proto,
-                          bind=self.bind, hold=self.hold)
+                          bind=self.bind, hold=self.hold, await_subflows=self.subflows,
+                          await_timeout=60 * self.net.scale)
         return self
 
     def release(self) -> None:
         """hold=True: the client may now close the connection."""
-        self.net.agent.call("xfer.release", handle=self.cli)
+        self.net.guest.call("xfer.release", handle=self.cli)
 
     def progress(self) -> float:
-        sent, total, _rc = self.net.agent.call("xfer.progress", handle=self.cli)
+        sent, total, _rc = self.net.guest.call("xfer.progress", handle=self.cli)
         return sent / total if total else 0.0
 
     def wait_progress(self, fraction: float, timeout: float = 60) -> None:
         """Block until the client has sent `fraction` of the data."""
         def check():
-            sent, total, rc = self.net.agent.call("xfer.progress", handle=self.cli)
+            sent, total, rc = self.net.guest.call("xfer.progress", handle=self.cli)
             if rc is not None and not (total and sent >= fraction * total):
                 raise AssertionError(f"client exited (rc {rc}) at {sent}/{total} bytes")
             return total and sent >= fraction * total
         poll(check, timeout, 0.05,
-             lambda t: f"transfer did not reach {fraction:.0%} in {t:.0f}s")
+             lambda t: f"transfer did not reach {fraction:.0%} in {t:.0f}s", self.net.scale)
 
     def wait(self, timeout: float = 180) -> TransferResult:
-        a = self.net.agent
+        a, k = self.net.guest, self.net.scale
         if self.hold:
             self.release()
-        timeout = scaled(timeout)
+        timeout *= k
         cli = a.call("proc.wait", handle=self.cli, timeout=timeout, _timeout=timeout + 30)
-        srv = a.call("proc.wait", handle=self.srv, timeout=scaled(30), _timeout=scaled(60))
+        srv = a.call("proc.wait", handle=self.srv, timeout=30 * k, _timeout=60 * k)
         if cli["report"] is None or srv["report"] is None:
             raise AssertionError(
                 f"transfer failed: client rc {cli['rc']} stderr:\n{cli['stderr']}\n"
@@ -144,7 +139,7 @@ class Transfer:
         else:
             for h in (self.cli, self.srv):
                 try:
-                    self.net.agent.call("proc.kill", handle=h)
+                    self.net.guest.call("proc.kill", handle=h)
                 except Exception:
                     pass
 
@@ -152,35 +147,35 @@ class Transfer:
 class Network:
     """A TopoSpec built in the guest, and what scenarios do with it."""
 
-    def __init__(self, agent: Agent, spec: TopoSpec):
-        self.agent = agent
+    def __init__(self, guest, spec: TopoSpec):
+        self.guest = guest      # a VM: call(), run(), time_scale
         self.spec = spec
         self.transfers: list[Transfer] = []
 
     def create(self) -> "Network":
-        self.agent.call("topo.create", spec=self.spec.to_dict())
+        self.guest.call("topo.create", spec=self.spec.to_dict())
         return self
 
     def destroy(self) -> None:
-        self.agent.call("topo.destroy", spec=self.spec.to_dict())
+        self.guest.call("topo.destroy", spec=self.spec.to_dict())
 
     # -- in-kernel path manager --------------------------------------------
     def limits(self, side: str, subflows: int = 8, add_addr_accepted: int = 8) -> dict:
-        return self.agent.call("mptcp.limits", ns=self.ns(side), subflows=subflows,
+        return self.guest.call("mptcp.limits", ns=self.ns(side), subflows=subflows,
                                add_addr_accepted=add_addr_accepted)
 
     def endpoint(self, side: str, addr: str, *flags: str, id: int | None = None) -> None:
-        self.agent.call("mptcp.endpoint_add", ns=self.ns(side), addr=addr,
+        self.guest.call("mptcp.endpoint_add", ns=self.ns(side), addr=addr,
                         flags=list(flags), id=id)
 
     def endpoint_del(self, side: str, id: int) -> None:
-        self.agent.call("mptcp.endpoint_del", ns=self.ns(side), id=id)
+        self.guest.call("mptcp.endpoint_del", ns=self.ns(side), id=id)
 
     def endpoints(self, side: str) -> list[dict]:
-        return self.agent.call("mptcp.endpoints", ns=self.ns(side))
+        return self.guest.call("mptcp.endpoints", ns=self.ns(side))
 
     def sysctl(self, side: str, key: str, value=None) -> str:
-        return self.agent.call("sysctl", ns=self.ns(side), key=key, value=value)
+        return self.guest.call("sysctl", ns=self.ns(side), key=key, value=value)
 
     # -- events ------------------------------------------------------------
     def monitor(self, side: str) -> "Monitor":
@@ -188,31 +183,35 @@ class Network:
 
     # -- links and addresses -----------------------------------------------
     def link(self, i: int, up: bool) -> None:
-        self.agent.call("topo.link", spec=self.spec.to_dict(), link=i, up=up)
+        self.guest.call("topo.link", spec=self.spec.to_dict(), link=i, up=up)
 
     def addr(self, side: str, link: int, address: str, add: bool) -> None:
         """Add or remove one address on this side's interface of `link`."""
-        self.agent.call("topo.addr", ns=self.ns(side), ifname=self.spec.ifname(side, link),
+        self.guest.call("topo.addr", ns=self.ns(side), ifname=self.spec.ifname(side, link),
                         address=address, add=add)
 
     def strip_mptcp_option(self, side: str, family: int = 4) -> None:
         """A middlebox that strips the MPTCP option (kind 30: DSS, ...) from
         data segments arriving at `side`; the handshake passes untouched."""
-        self.agent.call("topo.strip_tcp_option", ns=self.ns(side), family=family,
+        self.guest.call("topo.strip_tcp_option", ns=self.ns(side), family=family,
                         kind=30, min_len=200)
 
     # -- traffic -----------------------------------------------------------
     def transfer(self, nbytes: int = 8 << 20, family: int = 4, link: int = 1,
                  server_proto: str = "mptcp", client_proto: str = "mptcp",
-                 seed: int | None = None, hold: bool = False) -> Transfer:
+                 seed: int | None = None, hold: bool = False,
+                 subflows: int = 0) -> Transfer:
         """A checksummed client->server transfer of `nbytes` to the server's
         address on `link`. hold=True keeps the connection open after the data
         until the `with` block ends (or release()), for acting on a live
-        connection however slow the kernel is."""
+        connection however slow the kernel is. subflows=N: after the first
+        chunk the client waits (up to 60 s) for N subflows, so a scenario
+        that counts subflows or checks that each carried data does not
+        depend on how fast the PM was compared to the transfer."""
         port = next(_ports)
         xfer = Transfer(self, nbytes, self.spec.addr("server", link, family), port,
                         server_proto, client_proto, None,
-                        seed if seed is not None else port, hold)
+                        seed if seed is not None else port, hold, subflows)
         self.transfers.append(xfer)
         return xfer
 
@@ -222,13 +221,14 @@ class Network:
         (unless wait=False: closed as soon as established). Reports of the
         client and the server."""
         port = next(_ports)
-        srv = self.agent.call("burst.server", ns=self.spec.server_ns, port=port, count=count)
-        cli = self.agent.call("burst.client", ns=self.spec.client_ns,
+        srv = self.guest.call("burst.server", ns=self.spec.server_ns, port=port, count=count)
+        cli = self.guest.call("burst.client", ns=self.spec.client_ns,
                               addr=self.spec.addr("server", 1), port=port, count=count,
                               subflows=subflows, wait=wait)
-        timeout = scaled(timeout)
-        c = self.agent.call("proc.wait", handle=cli, timeout=timeout, _timeout=timeout + 30)
-        s = self.agent.call("proc.wait", handle=srv, timeout=scaled(60), _timeout=scaled(90))
+        k = self.scale
+        timeout *= k
+        c = self.guest.call("proc.wait", handle=cli, timeout=timeout, _timeout=timeout + 30)
+        s = self.guest.call("proc.wait", handle=srv, timeout=60 * k, _timeout=90 * k)
         if c["report"] is None or s["report"] is None:
             raise AssertionError(f"burst failed: client {c['stderr']}\nserver {s['stderr']}")
         return c["report"], s["report"]
@@ -237,6 +237,10 @@ class Network:
         """What every finished transfer saw, for the run's artifacts."""
         return [{"port": x.port, "addr": x.addr, "client": x.result.client,
                  "server": x.result.server} for x in self.transfers if x.result]
+
+    @property
+    def scale(self) -> float:
+        return self.guest.time_scale
 
     def ns(self, side: str) -> str:
         return self.spec.client_ns if side == "client" else self.spec.server_ns
@@ -247,10 +251,10 @@ class Monitor:
 
     def __init__(self, net: Network, side: str):
         self.net, self.side = net, side
-        self.handle = net.agent.call("monitor.start", ns=net.ns(side))
+        self.handle = net.guest.call("monitor.start", ns=net.ns(side))
 
     def events(self, kind: str | None = None) -> list[dict]:
-        evs = self.net.agent.call("monitor.events", handle=self.handle)
+        evs = self.net.guest.call("monitor.events", handle=self.handle)
         return [e for e in evs if kind is None or e["event"] == kind]
 
     def wait_for(self, kind: str, timeout: float = 30, **match) -> dict:
@@ -261,7 +265,7 @@ class Monitor:
             return None
         return poll(find, timeout, 0.1,
                     lambda t: f"no {kind} {match or ''} event in {self.side} netns within "
-                              f"{t:.0f}s; seen: {self.events()}")
+                              f"{t:.0f}s; seen: {self.events()}", self.net.scale)
 
     def stop(self) -> None:
-        self.net.agent.call("proc.kill", handle=self.handle)
+        self.net.guest.call("proc.kill", handle=self.handle)

@@ -15,9 +15,10 @@ import re
 import shutil
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
-from . import log
+from . import cache, log
 from .errors import BpfpmError
 from .paths import cache_dir
 
@@ -152,11 +153,13 @@ class PrivateApt:
                 "-o", "Debug::NoLocking=1"]
 
     def update(self) -> None:
-        self.sources.write_text(trixie_sources_list(host_apt_sources()))
+        cache.atomic_write(self.sources, trixie_sources_list(host_apt_sources()))
         log.step("apt: updating private trixie package lists")
         r = subprocess.run(["apt-get", *self._opts(), "-q", "update"],
                            capture_output=True, text=True)
         if r.returncode != 0:
+            if cache.says_no_space(r.stderr):
+                raise cache.no_space()
             raise BpfpmError(f"apt-get update for {TARGET_SUITE} failed:\n{r.stderr.strip()}\n"
                              f"sources used: {self.sources}")
 
@@ -171,15 +174,39 @@ class PrivateApt:
         return vers
 
     def download(self, package: str, version: str, dest: Path) -> Path:
+        """The .deb of exactly `package` `version`, in `dest`. Fetched into a
+        temp dir of its own, then renamed: no other run sees it half done."""
         dest.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run(["apt-get", *self._opts(), "-q", "download",
-                            f"{package}={version}"], cwd=dest, capture_output=True, text=True)
-        if r.returncode != 0:
-            raise BpfpmError(f"apt-get download {package}={version} failed:\n{r.stderr.strip()}")
-        debs = sorted(dest.glob(f"{package}_*.deb"))
-        if not debs:
-            raise BpfpmError(f"apt-get download left no {package} .deb in {dest}")
-        return debs[-1]
+        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=dest))
+        try:
+            r = subprocess.run(["apt-get", *self._opts(), "-q", "download",
+                                f"{package}={version}"], cwd=tmp, capture_output=True, text=True)
+            if r.returncode != 0:
+                if cache.says_no_space(r.stderr):
+                    raise cache.no_space()
+                raise BpfpmError(f"apt-get download {package}={version} failed:\n"
+                                 f"{r.stderr.strip()}")
+            deb = deb_of(tmp, package, version)
+            final = dest / deb.name
+            os.replace(deb, final)
+            return final
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def deb_name_version(version: str) -> str:
+    """A version as apt writes it in a .deb's file name (epoch colon quoted)."""
+    return version.replace(":", "%3a")
+
+
+def deb_of(d: Path, package: str, version: str) -> Path:
+    """The .deb of `package` `version` in `d` (apt names it package_version_arch.deb)."""
+    debs = sorted(d.glob(f"{package}_{deb_name_version(version)}_*.deb"))
+    if not debs:
+        there = ", ".join(p.name for p in d.glob(f"{package}_*.deb")) or "nothing"
+        raise BpfpmError(f"apt-get download left no {package} {version} .deb in {d} "
+                         f"(found {there})")
+    return debs[0]
 
 
 def _version_key(v: str):
@@ -194,21 +221,42 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _ready(root: Path, version: str | None = None) -> Path | None:
+    """The unpacked source tree of `version` (default: the newest there)."""
+    trees = [m.parent for m in root.glob(f"{PACKAGE}_*/READY")]
+    if version is not None:
+        trees = [t for t in trees if t.name == f"{PACKAGE}_{version}"]
+    return max(trees, key=lambda t: _version_key(t.name.split("_", 1)[1]), default=None)
+
+
 def debian_source() -> KernelSource:
     root = cache_dir() / "source"
-    marker_glob = sorted(root.glob(f"{PACKAGE}_*/READY"))
     # Reuse an unpacked tree of the pinned version without touching the network.
-    for m in marker_glob:
-        if m.parent.name == f"{PACKAGE}_{PINNED_VERSION}":
-            return _unpacked(m.parent)
+    found = _ready(root, PINNED_VERSION)
+    if found:
+        return _unpacked(found)
+    with cache.disk_errors(f"creating {root}"):
+        root.mkdir(parents=True, exist_ok=True)
+    with cache.flock(root / ".lock", "waiting for another run fetching the kernel source"):
+        found = _ready(root, PINNED_VERSION)    # fetched meanwhile by another run?
+        if found:
+            return _unpacked(found)
+        with cache.disk_errors(f"fetching {PACKAGE} into {root}",
+                               "or use KERNEL_SRC=/path/to/linux"):
+            return _fetch(root)
+
+
+def _fetch(root: Path) -> KernelSource:
+    """Download and unpack the source (caller holds source/.lock)."""
     apt = PrivateApt(root / "apt")
     try:
         apt.update()
         versions = apt.versions(PACKAGE)
     except BpfpmError:
-        if marker_glob:
+        newest = _ready(root)
+        if newest:
             log.warn("apt unreachable; using the newest unpacked source in the cache")
-            return _unpacked(marker_glob[-1].parent)
+            return _unpacked(newest)
         raise
     if not versions:
         raise BpfpmError(f"{PACKAGE} not offered by the {TARGET_SUITE} suites; "
@@ -223,10 +271,27 @@ def debian_source() -> KernelSource:
         return _unpacked(tree_root)
     log.step(f"fetching {PACKAGE} {version}")
     deb = apt.download(PACKAGE, version, root / "debs")
-    staging = tree_root.with_suffix(".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(staging / "deb")], check=True)
+    for old in root.glob(f".{PACKAGE}_*.partial-*"):   # left by a killed run
+        shutil.rmtree(old, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{tree_root.name}.partial-", dir=root))
+    try:
+        digest = _unpack(deb, staging)
+        (staging / "VERSION").write_text(f"{PACKAGE} {version}\nsha256 {digest}\n")
+        (staging / "READY").write_text("")
+        os.chmod(staging, 0o755)
+        if tree_root.exists():      # an unfinished tree (no READY) from older code
+            cache.trash(tree_root)
+        os.rename(staging, tree_root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return _unpacked(tree_root)
+
+
+def _unpack(deb: Path, staging: Path) -> str:
+    """deb -> staging/linux (the source tree); the tarball's sha256."""
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(staging / "deb")], check=True,
+                   capture_output=True, text=True)
     tarballs = list((staging / "deb" / "usr" / "src").glob("linux-source-*.tar.xz"))
     if not tarballs:
         raise BpfpmError(f"{deb} holds no /usr/src/linux-source-*.tar.xz")
@@ -238,11 +303,7 @@ def debian_source() -> KernelSource:
     inner.rename(staging / "linux")
     shutil.rmtree(staging / "deb")
     shutil.rmtree(staging / "tree")
-    (staging / "VERSION").write_text(f"{PACKAGE} {version}\nsha256 {digest}\n")
-    shutil.rmtree(tree_root, ignore_errors=True)
-    staging.rename(tree_root)
-    (tree_root / "READY").write_text("")
-    return _unpacked(tree_root)
+    return digest
 
 
 def _unpacked(tree_root: Path) -> KernelSource:

@@ -1,4 +1,5 @@
-"""Guest lifecycle: boot a built kernel with virtme-ng, drive it over SSH.
+"""Guest lifecycle: boot a built kernel with virtme-ng, drive it through
+its one channel (the guest agent over SSH, bpfpm.channel).
 
 The guest shares the host root read-only over 9p (virtme-ng's default
 snapshot of the live system); the run's results directory is shared
@@ -19,13 +20,12 @@ from pathlib import Path
 
 import tenacity
 
-from . import host, log
+from . import guestssh, host, log
 from .build import KernelBuild
-from .channel import Result, Shell, connect
-from .errors import GuestCrashed
+from .channel import Channel, Result, connect, public_key
+from .errors import BootFailed, ChannelLost, GuestCrashed, GuestError, GuestFrozen
 from .paths import ROOT
 
-SSH_KEY = Path.home() / ".cache" / "virtme-ng" / ".ssh" / "id_virtme"
 BOOT_DEADLINE = float(os.environ.get("BPFPM_BOOT_TIMEOUT", "90"))
 VENV_BIN = ROOT / ".venv" / "bin"
 
@@ -49,14 +49,6 @@ def guest_env() -> dict[str, str]:
 
 GUEST_LINK_DIR = ROOT / "images" / "guest" / "systemd-network"
 
-# virtme-ng-init races udev: when udev renames eth0 first, DHCP configures a
-# device that no longer exists and SSH never comes up. Seen under load.
-RACE_MARK = 'Cannot find device "eth0"'
-
-
-class NetworkRace(GuestCrashed):
-    pass
-
 
 def _panic_line(console: Path) -> str:
     """The first Oops/BUG/panic line of a console log, for a one-line summary."""
@@ -66,42 +58,71 @@ def _panic_line(console: Path) -> str:
     return "no panic line in the console"
 
 
+def qemu_state(pid: int | None) -> str:
+    """What QEMU is doing, for a frozen guest's report."""
+    if pid is None:
+        return "QEMU pid unknown"
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return f"QEMU (pid {pid}) has exited"
+    return {"T": f"QEMU (pid {pid}) is stopped (SIGSTOP?)",
+            "t": f"QEMU (pid {pid}) is being traced",
+            "Z": f"QEMU (pid {pid}) has exited"}.get(
+        state, f"QEMU (pid {pid}) runs (state {state}): the guest kernel itself is hung")
+
+
 class VM:
-    """A booted guest. Use as a context manager: the VM never outlives it."""
+    """A booted guest. Use as a context manager: the VM never outlives it.
+
+    run/put/get/call go through the guest's one channel. When the guest is
+    lost under a call, the call raises the GuestError that says how
+    (GuestCrashed, GuestFrozen, ChannelLost), QEMU is killed at once and the
+    console is kept; the VM is then dead for good (`alive()` is False).
+    """
 
     def __init__(self, kernel: KernelBuild, run_dir: Path, name: str = "vm",
-                 memory: str = "2G", cpus: int = 2, append: list[str] | None = None):
+                 memory: str = "2G", cpus: int = 2, append: list[str] | None = None,
+                 time_scale: float = 1.0, boot_deadline: float | None = None):
         self.kernel = kernel
         self.run_dir = run_dir
         self.name = name
         self.memory = memory
         self.cpus = cpus
         self.append = append or []
-        self.port = host.free_port()
+        self.time_scale = time_scale
+        self.boot_deadline = (boot_deadline or BOOT_DEADLINE) * time_scale
+        self.keys = guestssh.keys()
+        self.port: int | None = None    # chosen by QEMU, read over QMP
+        self.qmp = f"bpfpm-qmp-{os.getpid()}-{name}-{os.urandom(4).hex()}"
         self.console_log = run_dir / f"{name}.console.log"
         self.exec_log = run_dir / f"{name}.exec.log"
         self.pidfile = run_dir / f"{name}.qemu.pid"
+        self.vng_pidfile = run_dir / f"{name}.vng.pid"    # for runner.reap()
         self.proc: subprocess.Popen | None = None
         self.ssh = None
-        self.shell: Shell | None = None
+        self.channel: Channel | None = None
+        self.lost: GuestError | None = None
         self._marks = 0
         self.boot_seconds = 0.0
 
     # -- command line -------------------------------------------------------
     def argv(self) -> list[str]:
+        """vng in a private mount namespace (see guestssh); the guest's one
+        long-lived process is our sshd."""
         argv = ["vng", "--run", str(self.kernel.bzimage), "--force-9p", "--verbose",
                 "--memory", self.memory, "--cpus", str(self.cpus),
-                "--ssh", str(self.port), "--ssh-tcp",
                 "--rwdir", str(self.run_dir),
                 f"--rodir=/etc/systemd/network={GUEST_LINK_DIR}",
+                f"--rodir={guestssh.GUEST_DIR}={self.keys.guest_dir}",
                 "--name", self.name,
-                f"--qemu-opts=-pidfile {self.pidfile}"]
+                f"--qemu-opts={guestssh.qemu_opts(self.pidfile, self.qmp)}"]
         if host.accel() == "tcg":
             argv.append("--disable-kvm")
         for a in [*BOOT_ARGS, *self.append]:
             argv += ["--append", a]
-        argv += ["--exec", "exec sleep infinity"]
-        return argv
+        argv += ["--exec", f"exec sh {guestssh.GUEST_DIR}/start.sh"]
+        return guestssh.private_namespace(guestssh.hidden_dirs(self.keys)) + argv
 
     def _vng_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -110,111 +131,134 @@ class VM:
 
     # -- lifecycle ----------------------------------------------------------
     def start(self) -> "VM":
+        """Boot, connect, start the agent. At most two boots: one more only
+        for a guest that died while booting (an int3 Oops in early boot,
+        from cross-CPU text patching under TCG, about 1 boot in 20); a
+        kernel that cannot boot fails the second time too.
+        Both consoles are kept."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.pidfile.unlink(missing_ok=True)
         argv = self.argv()
         with open(self.run_dir / f"{self.name}.cmdline", "a") as f:
             f.write(shlex.join(argv) + "\n")
         t0 = time.monotonic()
         for attempt in (1, 2):
+            self.pidfile.unlink(missing_ok=True)
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=open(self.exec_log, "ab"),
                 stderr=open(self.console_log, "ab"), env=self._vng_env(),
                 cwd=str(self.run_dir), start_new_session=True)
+            self.vng_pidfile.write_text(f"{self.proc.pid}\n")
             try:
-                self._wait_ssh()
+                self._connect()
                 break
-            except GuestCrashed as e:   # NetworkRace is one too
-                # One more boot for a guest that lost its network or died
-                # while booting. The latter is rare under TCG (an int3 Oops
-                # in early boot, from cross-CPU text patching); a kernel that
-                # cannot boot fails the second time too. Both consoles are kept.
-                died = isinstance(e, GuestCrashed) and self.proc.poll() is not None
+            except BootFailed:
+                died = self.proc.poll() is not None
                 self.stop()
-                if attempt == 2 or not (isinstance(e, NetworkRace) or died):
+                if attempt == 2 or not died:
                     raise
                 kept = self.console_log.with_suffix(f".attempt{attempt}.log")
                 self.console_log.rename(kept)
-                why = str(e) if isinstance(e, NetworkRace) else \
-                    f"guest {self.name} died while booting ({_panic_line(kept)})"
-                log.warn(f"{why}; console kept at {kept}; booting again")
+                self.port = None
+                log.warn(f"guest {self.name} died while booting ({_panic_line(kept)}); "
+                         f"console kept at {kept}; booting again")
             except BaseException:
                 self.stop()
                 raise
         self.boot_seconds = time.monotonic() - t0
         return self
 
-    def _wait_ssh(self) -> None:
-        def attempt():
-            if RACE_MARK in self.console_tail(15):
-                raise NetworkRace(f"guest {self.name}: virtme-ng-init configured eth0 after "
-                                  "udev had renamed it, so the guest has no network")
-            if self.proc.poll() is not None:
-                raise GuestCrashed(
-                    f"guest {self.name} exited (vng status {self.proc.returncode}) before SSH "
-                    f"came up; console tail:\n{self.console_tail()}\n"
-                    f"full console: {self.console_log}")
-            if not SSH_KEY.exists():
-                raise ConnectionError("vng has not written its SSH key yet")
-            return connect(self.port, SSH_KEY, timeout=5)
+    def _boot_failed(self, what: str) -> BootFailed:
+        return BootFailed(f"guest {self.name}: {what}; console tail:\n{self.console_tail()}\n"
+                          f"full console: {self.console_log}")
 
+    def _connect(self) -> None:
+        host_key = public_key(self.keys.host_pub)
+
+        def attempt():
+            if self.proc.poll() is not None:
+                raise self._boot_failed(f"exited (vng status {self.proc.returncode}) "
+                                        "before SSH came up")
+            if self.port is None:
+                self.port = guestssh.forwarded_port(self.qmp, time.monotonic() + 1)
+            return connect(self.port, self.keys.client, host_key, timeout=5)
+
+        deadline = time.monotonic() + self.boot_deadline
         retry = tenacity.Retrying(
-            stop=tenacity.stop_after_delay(BOOT_DEADLINE),
+            stop=tenacity.stop_after_delay(self.boot_deadline),
             wait=tenacity.wait_fixed(0.1),
-            retry=tenacity.retry_if_not_exception_type(GuestCrashed),
+            # only errors: tenacity would retry a KeyboardInterrupt too
+            retry=tenacity.retry_if_exception_type(Exception)
+            & tenacity.retry_if_not_exception_type(BootFailed),
             reraise=True)
         try:
             self.ssh = retry(attempt)
-        except GuestCrashed:
+        except BootFailed:
             raise
         except Exception as e:
-            raise GuestCrashed(
-                f"guest {self.name} not reachable over SSH after {BOOT_DEADLINE:.0f}s "
-                f"({type(e).__name__}: {e}); console tail:\n{self.console_tail()}\n"
-                f"full console: {self.console_log}; raise BPFPM_BOOT_TIMEOUT if the "
-                f"machine is just slow") from None
-        self.shell = Shell(self.ssh.get_transport(), guest_env())
+            raise self._boot_failed(
+                f"not reachable over SSH after {self.boot_deadline:.0f}s "
+                f"({type(e).__name__}: {e}); raise BPFPM_BOOT_TIMEOUT if the machine "
+                "is just slow") from None
+        left = max(10.0, deadline - time.monotonic() + 60)
+        try:
+            self.channel = Channel.open(
+                self.ssh.get_transport(), guest_env(), ROOT, self.name,
+                log=self.run_dir / f"{self.name}.agent.log", time_scale=self.time_scale,
+                startup=left)
+        except GuestError as e:
+            raise self._boot_failed(f"the guest agent did not start ({e})") from None
 
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.lost is None and self.proc is not None and self.proc.poll() is None
+
+    def qemu_pid(self) -> int | None:
+        try:
+            return int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def stop(self) -> None:
         """Power the guest off; kill QEMU if it does not go within seconds."""
-        if self.shell is not None and self.alive():
-            try:
-                self.shell.chan.sendall(b"echo o > /proc/sysrq-trigger\n")
-            except Exception:
-                pass
+        if self.channel is not None:
+            if self.alive():
+                self.channel.send_only("poweroff")
+            self.channel.close()
+            self.channel = None
         if self.ssh is not None:
             self.ssh.close()
-            self.ssh = self.shell = None
+            self.ssh = None
         if self.proc is not None:
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._kill_qemu()
+        self.vng_pidfile.unlink(missing_ok=True)
+
+    def kill(self) -> None:
+        """SIGKILL vng's whole process group (QEMU is in it) and QEMU itself."""
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             try:
                 self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                for sig in (signal.SIGTERM, signal.SIGKILL):
-                    try:
-                        os.killpg(self.proc.pid, sig)
-                    except ProcessLookupError:
-                        break
-                    try:
-                        self.proc.wait(timeout=5)
-                        break
-                    except subprocess.TimeoutExpired:
-                        continue
-        self._kill_qemu()
+                pass
+        self._kill_qemu(signal.SIGKILL)
 
-    def _kill_qemu(self) -> None:
-        try:
-            pid = int(self.pidfile.read_text().strip())
-        except (OSError, ValueError):
+    def _kill_qemu(self, first: int = signal.SIGTERM) -> None:
+        pid = self.qemu_pid()
+        if pid is None:
             return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        for sig in (first, signal.SIGKILL):
             try:
                 os.kill(pid, sig)
+                os.kill(pid, signal.SIGCONT)    # a stopped QEMU cannot act on SIGTERM
             except ProcessLookupError:
                 break
-            for _ in range(50):
+            for _ in range(30):
                 if not Path(f"/proc/{pid}").exists():
                     break
                 time.sleep(0.1)
@@ -226,22 +270,60 @@ class VM:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    # -- commands -----------------------------------------------------------
+    # -- the channel --------------------------------------------------------
+    def _guarded(self, fn, *args, **kw):
+        if self.lost is not None:
+            raise self.lost
+        if self.channel is None:
+            raise ChannelLost(f"guest {self.name} is not running")
+        try:
+            return fn(*args, **kw)
+        except GuestError as e:
+            self.lost = self._diagnose(e)
+        # out of the except block: the report is ours, not a chain
+        raise self.lost
+
+    def _diagnose(self, e: GuestError) -> GuestError:
+        """Name how the guest was lost, kill QEMU, keep the console."""
+        qemu = self.qemu_pid()
+        exited = (self.proc is not None and self.proc.poll() is not None) or \
+            (qemu is not None and not host.pid_running(qemu))
+        state = qemu_state(qemu)
+        if isinstance(e, GuestFrozen):
+            self.kill()
+            return GuestFrozen(f"{e}; {state}; QEMU killed. Console tail:\n"
+                               f"{self.console_tail()}\nfull console: {self.console_log}")
+        time.sleep(0.5)     # a panicking guest's last lines reach the console
+        panic = _panic_line(self.console_log)
+        if exited or "no panic line" not in panic:
+            self.kill()
+            return GuestCrashed(f"guest {self.name} crashed ({panic}; {state}); console tail:\n"
+                                f"{self.console_tail()}\nfull console: {self.console_log}")
+        self.kill()
+        return ChannelLost(f"{e}; {state}; the guest kernel did not crash (sshd or the "
+                           f"agent went away); QEMU killed. Console: {self.console_log}")
+
+    def call(self, op: str, _timeout: float = 120, **args):
+        return self._guarded(self.channel.call, op, _timeout=_timeout, **args)
+
     def run(self, cmd: str | list[str], timeout: float = 120, check: bool = True) -> Result:
         if not isinstance(cmd, str):
             cmd = shlex.join(cmd)
-        if self.shell is None:
-            raise GuestCrashed(f"guest {self.name} is not running")
-        res = self.shell.run(cmd, timeout=timeout)
+        res = self._guarded(self.channel.run, cmd, timeout=timeout)
         return res.check() if check else res
 
     def put(self, local: Path, remote: str) -> None:
-        with self.ssh.open_sftp() as sftp:
-            sftp.put(str(local), remote)
+        self._guarded(self.channel.put, local, remote)
 
     def get(self, remote: str, local: Path) -> None:
-        with self.ssh.open_sftp() as sftp:
-            sftp.get(remote, str(local))
+        self._guarded(self.channel.get, remote, local)
+
+    def ping(self, timeout: float = 20) -> bool:
+        """The agent answers a request of its own (not a late reply)."""
+        try:
+            return self.call("ping", _timeout=timeout) == "pong"
+        except Exception:
+            return False
 
     # -- kernel log ---------------------------------------------------------
     def console_tail(self, lines: int = 40) -> str:
@@ -255,8 +337,5 @@ class VM:
         """Write a unique marker into the kernel log and return it."""
         self._marks += 1
         mark = f"bpfpm-mark-{os.getpid()}-{self._marks}-{label}"
-        self.run(f"echo {shlex.quote(mark)} > /dev/kmsg", timeout=30)
+        self.call("kmsg", text=mark, _timeout=30)
         return mark
-
-    def dmesg(self) -> str:
-        return self.run("dmesg", timeout=30).stdout

@@ -88,3 +88,35 @@ def test_switching_back_to_older_content_looks_new_to_make(tmp_path):
     os.utime(f, (5, 5))                 # same content synced again
     build._stamp_changes(tree, ["x.c"])
     assert f.stat().st_mtime == t_v1, "unchanged content must keep its build-time mtime"
+
+
+FUZZY = """\
+--- a/b.c
++++ b/b.c
+@@ -1,7 +1,7 @@
+ one
+ two
+ three
+-four
++FOUR
+ five
+ six
+ seven
+"""
+
+
+def test_a_patch_with_one_wrong_context_line_is_refused(tmp_path):
+    """Fuzz 0, as quilt: plain patch(1) would apply this hunk, ignoring its
+    first context line (fuzz 1)."""
+    (tmp_path / "b.c").write_text("one-changed\ntwo\nthree\nfour\nfive\nsix\nseven\n")
+    p = tmp_path / "0002-fuzzy.patch"
+    p.write_text(FUZZY)
+    plain = subprocess.run(["patch", "-p1", "--dry-run", "-i", str(p)], cwd=tmp_path,
+                           capture_output=True, text=True)
+    assert plain.returncode == 0 and "fuzz" in plain.stdout     # the test means something
+    with pytest.raises(BpfpmError) as e:
+        patches.apply(tmp_path, [p])
+    assert "patch 0002-fuzzy.patch does not apply" in str(e.value)
+    assert "b.c: Hunk #1 FAILED" in str(e.value)
+    assert (tmp_path / "b.c").read_text().count("four") == 1, "the tree is left as it was"
+    assert not patches.already_applied(tmp_path, [p])

@@ -40,3 +40,55 @@ def test_one_line_format_is_understood():
 def test_version_ordering_is_numeric():
     vs = ["6.12.9-1", "6.12.117-1", "6.12.57-1"]
     assert max(vs, key=source._version_key) == "6.12.117-1"
+
+
+def test_download_returns_the_deb_of_the_version_asked_for(tmp_path, monkeypatch):
+    import subprocess
+    from pathlib import Path
+
+    dest = tmp_path / "debs"
+    dest.mkdir()
+    # an older download of a later-sorting version is already there
+    (dest / "linux-source-6.12_6.12.9-1_all.deb").write_text("old")
+
+    def fake_run(argv, cwd=None, **kw):
+        assert argv[0] == "apt-get" and argv[-1] == "linux-source-6.12=1:6.12.117-1"
+        (Path(cwd) / "linux-source-6.12_1%3a6.12.117-1_all.deb").write_text("asked")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(source.subprocess, "run", fake_run)
+    apt = source.PrivateApt(tmp_path / "apt")
+    deb = apt.download("linux-source-6.12", "1:6.12.117-1", dest)
+    assert deb == dest / "linux-source-6.12_1%3a6.12.117-1_all.deb"
+    assert deb.read_text() == "asked"
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "linux-source-6.12_1%3a6.12.117-1_all.deb", "linux-source-6.12_6.12.9-1_all.deb"]
+
+
+def test_download_that_leaves_another_version_is_an_error(tmp_path, monkeypatch):
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+
+    from bpfpm.errors import BpfpmError
+
+    def fake_run(argv, cwd=None, **kw):
+        (Path(cwd) / "linux-source-6.12_6.12.57-1_all.deb").write_text("other")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(source.subprocess, "run", fake_run)
+    with pytest.raises(BpfpmError, match="no linux-source-6.12 6.12.117-1 .deb"):
+        source.PrivateApt(tmp_path / "apt").download("linux-source-6.12", "6.12.117-1",
+                                                     tmp_path / "debs")
+
+
+def test_newest_unpacked_tree_is_chosen_by_version_not_by_name(tmp_path):
+    for v in ("6.12.9-1", "6.12.117-1", "6.12.57-1"):
+        d = tmp_path / f"{source.PACKAGE}_{v}"
+        d.mkdir()
+        (d / "READY").write_text("")
+    (tmp_path / f".{source.PACKAGE}_6.12.200-1.partial-x").mkdir()
+    assert source._ready(tmp_path).name.endswith("_6.12.117-1")
+    assert source._ready(tmp_path, "6.12.57-1").name.endswith("_6.12.57-1")
+    assert source._ready(tmp_path, "6.12.1-1") is None

@@ -27,7 +27,7 @@ def test_ndiffports_opens_n_subflows_over_one_address_pair(topo, load_pm, n):
     pm = load_pm("ndiffports")
     pm.set_config(n)
 
-    with topo.transfer(8 * MiB) as xfer:
+    with topo.transfer(8 * MiB, subflows=n) as xfer:
         pass
 
     res = xfer.result
@@ -47,7 +47,7 @@ def test_ndiffports_is_bounded_by_the_subflow_limit(topo, load_pm):
     pm = load_pm("ndiffports")
     pm.set_config(8)
 
-    with topo.transfer(4 * MiB) as xfer:
+    with topo.transfer(4 * MiB, subflows=3) as xfer:
         pass
 
     xfer.result.assert_intact()
@@ -76,7 +76,7 @@ def test_fullmesh_opens_every_pair(network, load_pm, shape, pm):
     FULLMESH[pm](net, mesh, load_pm)
     family = 6 if ":" in mesh.remote[0] else 4
 
-    with net.transfer(8 * MiB, family=family) as xfer:
+    with net.transfer(8 * MiB, family=family, subflows=len(mesh.expected_pairs())) as xfer:
         pass
 
     res = xfer.result
@@ -131,7 +131,7 @@ def test_fullmesh_joins_announced_address_and_leaves_it_on_rm_addr(topo, load_pm
 
 @pytest.mark.topo(links=2, rate_mbit=30)
 def test_every_pm_moves_data_over_all_its_subflows(topo, pm):
-    with topo.transfer(8 * MiB) as xfer:
+    with topo.transfer(8 * MiB, subflows=pm.expected(topo)) as xfer:
         pass
 
     res = xfer.result

@@ -22,7 +22,7 @@ def test_subflow_endpoint_adds_exactly_one_subflow(topo, family):
     kernel_limits(topo)
     topo.endpoint("client", topo.spec.addr("client", 2, family), "subflow")
 
-    with topo.transfer(8 * MiB, family=family) as xfer:
+    with topo.transfer(8 * MiB, family=family, subflows=2) as xfer:
         pass
 
     res = xfer.result
@@ -42,7 +42,7 @@ def test_signal_endpoint_announces_and_client_joins(topo, family):
     topo.endpoint("server", announced, "signal")
     mon = topo.monitor("client")
 
-    with topo.transfer(8 * MiB, family=family) as xfer:
+    with topo.transfer(8 * MiB, family=family, subflows=2) as xfer:
         ev = mon.wait_for("ANNOUNCED")
 
     res = xfer.result

@@ -1,13 +1,17 @@
-"""Guest agent: JSON-lines RPC on stdin/stdout, one process per VM.
+"""Guest agent: the one channel between host and guest, JSON lines on
+stdin/stdout, one process per VM.
 
 Starting Python under TCG costs about a second, so the host keeps one
 agent alive and sends it requests: {"id": n, "op": "topo.create", "args":
 {...}} -> {"id": n, "ok": true, "result": ...} or {"ok": false, "error":
-"...", "type": "NetlinkError", "errno": 17}.
+"...", "type": "NetlinkError", "errno": 17}. Shell commands are one op
+among others (`run`). A thread writes {"hb": n} every HEARTBEAT seconds,
+also while an op runs: the host tells a frozen guest from a slow op by it.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -15,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -23,6 +28,7 @@ from ..topology import TopoSpec
 from . import bpf, mptcp, netns
 
 WORK = Path(os.environ.get("BPFPM_GUEST_WORK", "/tmp/bpfpm"))
+HEARTBEAT = 1.0
 
 
 class Procs:
@@ -111,6 +117,47 @@ def op_ping() -> str:
     return "pong"
 
 
+def op_run(cmd: str, timeout: float) -> dict:
+    """`bash -c cmd` in its own session; on timeout the whole session is
+    killed, so nothing it started outlives the call."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(["bash", "--norc", "--noprofile", "-c", cmd], stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        timed_out = True
+    return {"rc": p.returncode, "stdout": out.decode(errors="replace"),
+            "stderr": err.decode(errors="replace"), "timed_out": timed_out,
+            "seconds": time.monotonic() - t0}
+
+
+def op_file_put(path: str, data: str, mode: int = 0o644) -> int:
+    raw = base64.b64decode(data)
+    with open(path, "wb") as f:
+        f.write(raw)
+    os.chmod(path, mode)
+    return len(raw)
+
+
+def op_file_get(path: str) -> str:
+    with open(path, "rb") as f:
+        return base64.b64encode(f.read()).decode()
+
+
+def op_kmsg(text: str) -> None:
+    with open("/dev/kmsg", "w") as f:
+        f.write(text + "\n")
+
+
+def op_poweroff() -> None:
+    with open("/proc/sysrq-trigger", "w") as f:
+        f.write("o")
+
+
 def op_topo_create(spec: dict) -> dict:
     return netns.create(TopoSpec.from_dict(spec))
 
@@ -190,7 +237,8 @@ def op_xfer_server(ns: str, port: int, family: int = 4, proto: str = "mptcp",
 
 
 def op_xfer_client(ns: str, addr: str, port: int, nbytes: int = 8 << 20, seed: int = 1,
-                   proto: str = "mptcp", bind: str | None = None, hold: bool = False) -> int:
+                   proto: str = "mptcp", bind: str | None = None, hold: bool = False,
+                   await_subflows: int = 0, await_timeout: float = 60) -> int:
     argv = [*PY, "bpfpm.guest.xfer", "client", "--addr", addr, "--port", str(port),
             "--bytes", str(nbytes), "--seed", str(seed), "--proto", proto,
             "--report", "{report}", "--progress", "{progress}"]
@@ -198,6 +246,8 @@ def op_xfer_client(ns: str, addr: str, port: int, nbytes: int = 8 << 20, seed: i
         argv += ["--bind", bind]
     if hold:
         argv += ["--hold", "{release}"]
+    if await_subflows:
+        argv += ["--await-subflows", str(await_subflows), "--await-timeout", str(await_timeout)]
     return PROCS.start(ns, argv, "xfer-client",
                        {"report": "report.json", "progress": "progress", "release": "release"})
 
@@ -275,10 +325,33 @@ OPS = {name[3:].replace("_", ".", 1): fn for name, fn in globals().items()
        if name.startswith("op_")}
 
 
+class Writer:
+    """Replies and heartbeats share stdout: one line at a time."""
+
+    def __init__(self, out):
+        self.out = out
+        self.lock = threading.Lock()
+
+    def send(self, obj: dict) -> None:
+        line = json.dumps(obj) + "\n"
+        with self.lock:
+            self.out.write(line)
+            self.out.flush()
+
+    def heartbeat(self) -> None:
+        for n in itertools.count():
+            time.sleep(HEARTBEAT)
+            try:
+                self.send({"hb": n})
+            except (OSError, ValueError):   # the host went away
+                return
+
+
 def serve(inp=sys.stdin, out=sys.stdout) -> None:
     WORK.mkdir(parents=True, exist_ok=True)
-    out.write(json.dumps({"ready": True, "ops": sorted(OPS)}) + "\n")
-    out.flush()
+    w = Writer(out)
+    w.send({"ready": True, "ops": sorted(OPS), "pid": os.getpid()})
+    threading.Thread(target=w.heartbeat, daemon=True).start()
     for line in inp:
         if not line.strip():
             continue
@@ -291,8 +364,7 @@ def serve(inp=sys.stdin, out=sys.stdout) -> None:
             resp.update(ok=False, type=type(e).__name__, error=str(e),
                         errno=getattr(e, "code", None) or getattr(e, "errno", None),
                         trace=traceback.format_exc()[-3000:])
-        out.write(json.dumps(resp) + "\n")
-        out.flush()
+        w.send(resp)
     PROCS.kill_all()
 
 

@@ -91,6 +91,20 @@ def _wait_released(path: str, timeout: float) -> None:
         time.sleep(0.02)
 
 
+def _await_subflows(s, want: int, timeout: float, seen: dict) -> None:
+    """Until the connection has `want` established subflows (an event the
+    PM causes), so that every expected subflow is there for the whole
+    transfer; after `timeout` the transfer goes on and the report shows
+    what was there."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        now = mptcpinfo.subflows(s)
+        mptcpinfo.merge_seen(seen, now)
+        if len(now) >= want:
+            return
+        time.sleep(0.02)
+
+
 def client(a) -> int:
     fam = socket.AF_INET6 if ":" in a.addr else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_STREAM, _proto(a.proto))
@@ -106,6 +120,10 @@ def client(a) -> int:
     next_sample = 0
     info_early = mptcpinfo.connection(s)
     while sent < a.bytes:
+        if a.await_subflows and sent == min(CHUNK, a.bytes):
+            # data first: the client's side becomes fully established (and
+            # its PM acts) once the server acknowledged some
+            _await_subflows(s, a.await_subflows, a.await_timeout, seen)
         chunk = rnd.randbytes(min(CHUNK, a.bytes - sent))
         s.sendall(chunk)
         h.update(chunk)
@@ -235,6 +253,9 @@ def main(argv=None) -> int:
     cp.add_argument("--timeout", type=float, default=120)
     cp.add_argument("--report", required=True)
     cp.add_argument("--progress", required=True)
+    cp.add_argument("--await-subflows", type=int, default=0, metavar="N",
+                    help="after the first chunk, wait until the connection has N subflows")
+    cp.add_argument("--await-timeout", type=float, default=60)
     cp.add_argument("--hold", metavar="FILE",
                     help="after the data, keep the connection open until FILE exists")
     bs = sub.add_parser("burst-server")

@@ -1,0 +1,123 @@
+"""`make bisect-demo`: bisect proven on a regression we injected ourselves.
+
+A git tree is made from the kernel source the cache already holds: one
+commit for the tree, the series as commits (`git am`), a dozen ordinary
+commits, and among them the regression of kernel/bisect-demo/ (RM_ADDR of
+a single address no longer reported to the BPF path manager). Then
+`bpfpm bisect` runs with the scenario that catches it, and the demo checks
+that the first bad commit named is the injected one.
+
+The tree lives in <cache>/bisect-demo/linux; its base commit (1.5 GB of
+source, a minute or two to commit) is made once per source version and
+reused.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from . import bisect, log, patches, source
+from .errors import BpfpmError
+from .paths import KERNEL_DIR, cache_dir
+
+SCENARIO = ["vmtests/test_hooks.py", "-k", "add_addr_and_rm_addr and ipv4"]
+REGRESSION = sorted((KERNEL_DIR / "bisect-demo").glob("*.patch"))
+ORDINARY = 12
+REGRESSION_AFTER = 7        # ordinary commits before the regression
+# Files the ordinary commits touch: built ones, so each step really
+# rebuilds (a comment: ccache's preprocessor mode still hits)
+TOUCH = ["net/mptcp/protocol.c", "net/mptcp/subflow.c", "net/mptcp/options.c",
+         "net/mptcp/pm.c", "net/mptcp/sockopt.c", "net/ipv4/tcp.c", "net/core/filter.c",
+         "net/mptcp/pm_netlink.c", "net/mptcp/token.c", "kernel/bpf/btf.c",
+         "Documentation/networking/mptcp.rst", "net/mptcp/ctrl.c"]
+IDENT = ["-c", "user.name=bpfpm demo", "-c", "user.email=bpfpm@localhost",
+         "-c", "commit.gpgsign=false"]
+
+
+def _git(tree: Path, *args: str, env: dict | None = None) -> str:
+    r = subprocess.run(["git", *IDENT, "-C", str(tree), *args], capture_output=True,
+                       text=True, env=env)
+    if r.returncode != 0:
+        raise BpfpmError(f"git {' '.join(args[:3])} in {tree} failed: "
+                         f"{(r.stderr or r.stdout).strip()[-1500:]}")
+    return r.stdout.strip()
+
+
+def _base(src: source.KernelSource) -> Path:
+    """The demo tree at its base commit (the plain source), made once."""
+    tree = cache_dir() / "bisect-demo" / "linux"
+    tag = "base-" + src.ident.replace(":", "_").replace("~", "_")
+    if (tree / ".git").exists():
+        subprocess.run(["git", "-C", str(tree), "bisect", "reset", "-q"], capture_output=True)
+        try:
+            _git(tree, "rev-parse", "--verify", "-q", f"refs/tags/{tag}")
+        except BpfpmError:      # another source version: start again
+            shutil.rmtree(tree)
+    if not (tree / ".git").exists():
+        t0 = time.monotonic()
+        log.step(f"making a git tree of {src.description} in {tree} (once; a minute or two)")
+        if tree.exists():
+            shutil.rmtree(tree)
+        tree.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tree.with_name(f".linux.{os.getpid()}")
+        subprocess.run(["cp", "-a", f"{src.path}/.", str(tmp)], check=True)
+        _git(tmp, "init", "-q", "-b", "demo")
+        # Debian's top-level .gitignore ignores everything (/*): add by force
+        _git(tmp, "add", "-A", "-f", ".")
+        _git(tmp, "commit", "-q", "-m", f"Linux {src.description}")
+        _git(tmp, "tag", tag)
+        os.rename(tmp, tree)
+        log.step(f"base commit made in {time.monotonic() - t0:.0f}s")
+    _git(tree, "checkout", "-q", "-f", "-B", "demo", tag)
+    _git(tree, "clean", "-q", "-fdx")
+    return tree
+
+
+def _ordinary(tree: Path, n: int) -> None:
+    f = TOUCH[n % len(TOUCH)]
+    comment = "\n.. bisect-demo: ordinary change {n}\n" if f.endswith(".rst") else \
+        "\n/* bisect-demo: ordinary change {n} */\n"
+    with open(tree / f, "a") as fh:
+        fh.write(comment.format(n=n + 1))
+    _git(tree, "commit", "-q", "-a", "-m", f"demo: ordinary change {n + 1} ({f})")
+
+
+def make_tree() -> tuple[Path, str, str]:
+    """The demo tree; (tree, last good commit = top of the series,
+    the injected regression's commit)."""
+    src = source.debian_source()
+    tree = _base(src)
+    series = patches.series()
+    if not series or not REGRESSION:
+        raise BpfpmError("the demo needs kernel/patches/<version>/series and "
+                         "kernel/bisect-demo/*.patch")
+    _git(tree, "am", "-q", *map(str, series))
+    good = _git(tree, "rev-parse", "HEAD")
+    bad = None
+    for i in range(ORDINARY):
+        if i == REGRESSION_AFTER:
+            _git(tree, "am", "-q", *map(str, REGRESSION))
+            bad = _git(tree, "rev-parse", "HEAD")
+        _ordinary(tree, i)
+    log.step(f"demo tree: base, {len(series)} series commits, {ORDINARY} ordinary commits, "
+             f"the regression {bad[:12]} after the {REGRESSION_AFTER}th")
+    return tree, good, bad
+
+
+def main(a) -> int:
+    t0 = time.monotonic()
+    tree, good, injected = make_tree()
+    os.environ["KERNEL_SRC"] = str(tree)
+    out = bisect.run(good, "HEAD", SCENARIO)
+    took = time.monotonic() - t0
+    if out.first_bad == injected:
+        log.step(f"bisect-demo: PASS: the first bad commit named is the injected regression "
+                 f"{injected[:12]} ({took:.0f}s in all); run dir {out.run}")
+        return 0
+    log.error(f"bisect-demo: FAIL: bisect named {out.first_bad or 'no commit'}, the injected "
+              f"regression is {injected}; see {out.run}")
+    return 1

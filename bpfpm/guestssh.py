@@ -1,0 +1,184 @@
+"""The guest's SSH server, on bpfpm's own terms.
+
+vng's `--ssh` authorises the host user's ~/.ssh/id_*.pub for root in the
+guest, uses one key pair shared by every vng user, and leaves host keys to
+be trusted on first use; the guest, which sees the host root over 9p, can
+read those private keys. So bpfpm runs sshd itself:
+
+- one key pair for the client and one host key for the guest, per cache
+  (`<cache>/ssh/`), made once with ssh-keygen; only that client key is
+  authorised, and the client pins that host key;
+- QEMU runs in a private mount namespace in which ~/.ssh, the client key
+  directory and vng's key directory are empty tmpfs: the guest cannot read
+  them through its 9p view of the host;
+- the forwarded port is chosen by QEMU itself (hostfwd port 0) and read
+  back over QMP: no bind-and-release race between two runs;
+- the guest's network is set statically by the start script, with no
+  DHCP (which raced udev's interface renaming).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import BpfpmError
+from .paths import cache_dir
+
+GUEST_DIR = "/run/bpfpm-ssh"      # where the guest sees <cache>/ssh/guest
+GUEST_ADDR = "10.0.2.15"          # QEMU user networking's defaults
+GUEST_GW = "10.0.2.2"
+
+SSHD_CONFIG = f"""\
+# bpfpm: the guest's sshd (see bpfpm/guestssh.py)
+ListenAddress {GUEST_ADDR}:22
+HostKey /run/sshd/ssh_host_ed25519_key
+AuthorizedKeysFile {GUEST_DIR}/authorized_keys
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+# vng's init locks root's password; PAM's account stage still lets a key in
+UsePAM yes
+StrictModes no
+PidFile none
+"""
+
+# Run by vng's --exec as the guest's long-lived process.
+START = f"""\
+set -e
+for d in /sys/bus/virtio/drivers/virtio_net/virtio*/net/*; do dev=${{d##*/}}; done
+ip link set lo up
+ip addr add {GUEST_ADDR}/24 dev "$dev"
+ip link set "$dev" up
+ip route add default via {GUEST_GW}
+mkdir -p /run/sshd
+chmod 755 /run/sshd
+install -m 600 {GUEST_DIR}/ssh_host_ed25519_key /run/sshd/ssh_host_ed25519_key
+exec /usr/sbin/sshd -D -e -f {GUEST_DIR}/sshd_config
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Keys:
+    client: Path        # private key the host connects with (hidden from guests)
+    host_pub: Path      # the guest sshd's public host key, pinned by the client
+    guest_dir: Path     # shared read-only with the guest at GUEST_DIR
+
+    @property
+    def client_dir(self) -> Path:
+        return self.client.parent
+
+
+def _keygen(path: Path) -> None:
+    r = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bpfpm",
+                        "-f", str(path)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise BpfpmError(f"ssh-keygen failed: {r.stderr.strip()}; is openssh-client "
+                         "installed (make setup)?")
+
+
+def keys() -> Keys:
+    """The cache's key material, made on first use (atomically: two runs
+    starting at once agree on one set)."""
+    root = cache_dir() / "ssh"
+    k = Keys(root / "client" / "id_ed25519", root / "guest" / "ssh_host_ed25519_key.pub",
+             root / "guest")
+    if k.client.exists() and k.host_pub.exists():
+        _refresh(k)
+        return k
+    root.mkdir(mode=0o700, exist_ok=True)
+    with open(root / ".lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (k.client.exists() and k.host_pub.exists()):
+            tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=root))
+            (tmp / "client").mkdir(mode=0o700)
+            (tmp / "guest").mkdir()
+            _keygen(tmp / "client" / "id_ed25519")
+            _keygen(tmp / "guest" / "ssh_host_ed25519_key")
+            for part in ("client", "guest"):
+                if (root / part).exists():
+                    shutil.rmtree(root / part)
+                os.rename(tmp / part, root / part)
+            shutil.rmtree(tmp)
+        _refresh(k)
+    return k
+
+
+def _refresh(k: Keys) -> None:
+    """Config, start script and authorized_keys follow this file's text."""
+    pub = k.client.with_suffix(".pub").read_text()
+    for name, text in (("sshd_config", SSHD_CONFIG), ("start.sh", START),
+                       ("authorized_keys", pub)):
+        f = k.guest_dir / name
+        if not f.exists() or f.read_text() != text:
+            tmp = f.with_name(f".{name}.{os.getpid()}")
+            tmp.write_text(text)
+            os.replace(tmp, f)
+
+
+def hidden_dirs(k: Keys) -> list[Path]:
+    """What the guest must not read through 9p."""
+    home = Path.home()
+    return [d for d in (home / ".ssh", k.client_dir, home / ".cache" / "virtme-ng" / ".ssh")
+            if d.is_dir()]
+
+
+def private_namespace(hide: list[Path]) -> list[str]:
+    """argv prefix: run the rest in a mount namespace where `hide` are empty
+    tmpfs (unshare and sh exec, so the pid stays the command's own)."""
+    user = [] if os.geteuid() == 0 else ["--user", "--map-current-user"]
+    mounts = " && ".join(f'mount -t tmpfs -o mode=700,size=64k bpfpm-hidden "${i + 1}"'
+                         for i in range(len(hide)))
+    script = f'{mounts + " && " if mounts else ""}shift {len(hide)} && exec "$@"'
+    return ["unshare", *user, "--mount", "--propagation", "private", "--",
+            "sh", "-c", script, "bpfpm-ns", *map(str, hide)]
+
+
+def forwarded_port(qmp: str, deadline: float) -> int:
+    """The host port QEMU picked for the guest's sshd (hostfwd port 0),
+    asked over QMP (`info usernet`). A hand-written exchange of three
+    JSON lines: no QMP library is packaged for this."""
+    while True:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(max(1.0, deadline - time.monotonic()))
+                s.connect("\0" + qmp)      # an abstract socket: no file to leave
+                f = s.makefile("rw")
+                json.loads(f.readline())                      # greeting
+                for cmd in ({"execute": "qmp_capabilities"},
+                            {"execute": "human-monitor-command",
+                             "arguments": {"command-line": "info usernet"}}):
+                    f.write(json.dumps(cmd) + "\n")
+                    f.flush()
+                    while True:
+                        r = json.loads(f.readline())
+                        if "return" in r or "error" in r:
+                            break
+                out = r.get("return", "")
+                m = re.search(r"HOST_FORWARD\]\s+\d+\s+127\.0\.0\.1\s+(\d+)", out)
+                if m:
+                    return int(m.group(1))
+                raise BpfpmError(f"QEMU shows no host forward: {out!r}")
+        except (OSError, ValueError) as e:
+            if time.monotonic() > deadline:
+                raise BpfpmError(f"QEMU's QMP socket {qmp} did not answer: {e}") from None
+            time.sleep(0.1)
+
+
+def qemu_opts(pidfile: Path, qmp: str) -> str:
+    """vng --qemu-opts: pid file, QMP socket, the NIC with the forward."""
+    if " " in str(pidfile):
+        raise BpfpmError(f"{pidfile}: vng splits --qemu-opts on spaces; use a results "
+                         "directory without spaces (BPFPM_RESULTS)")
+    return (f"-pidfile {pidfile} -qmp unix:{qmp},server=on,wait=off,abstract=on "
+            f"-netdev user,id=bpfpm,hostfwd=tcp:127.0.0.1:0-{GUEST_ADDR}:22 "
+            "-device virtio-net-pci,netdev=bpfpm")

@@ -1,0 +1,113 @@
+"""`bpfpm test`: pytest in a child process that always gets to clean up.
+
+The kernel and the PMs are built first, here, with progress on the
+terminal and outside any test timeout. pytest then runs in a process group
+of its own, so a Ctrl-C reaches it exactly once (forwarded from here, a
+second signal during its teardown would cut the teardown short), and it
+gets SIGTERM if this process dies (PR_SET_PDEATHSIG). On an interrupt,
+pytest tears its guests down; whatever is still running after GRACE
+seconds is killed, QEMU included (found by the pid files every VM leaves
+in the run directory).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import log, session
+
+GRACE = 10.0
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """preexec_fn: SIGTERM when the parent dies, whatever killed it."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def needs_vm(args: list[str]) -> bool:
+    """False when every path given is under tests/ (unit tests only)."""
+    paths = [a for a in args if not a.startswith("-") and ("/" in a or a.endswith(".py")
+                                                           or Path(a).is_dir())]
+    return not paths or any(not a.split("::")[0].startswith("tests") for a in paths)
+
+
+def reap(run: Path) -> list[str]:
+    """Kill what the VMs of `run` left running: vng's process groups and
+    QEMU. Returns what was killed."""
+    killed = []
+    for f in sorted(run.glob("*.vng.pid")) + sorted(run.glob("*.qemu.pid")):
+        try:
+            pid = int(f.read_text().strip())
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if "qemu" not in cmd and "vng" not in cmd and "virtme" not in cmd:
+            continue        # the pid was reused
+        try:
+            if f.name.endswith(".vng.pid"):
+                os.killpg(pid, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+            killed.append(f"{f.name.split('.')[0]} {f.name.split('.')[1]} pid {pid}")
+        except (ProcessLookupError, PermissionError):
+            pass
+        f.unlink(missing_ok=True)
+    return killed
+
+
+def _stop(proc: subprocess.Popen, run: Path) -> None:
+    """Ask pytest to stop (one SIGINT), give it GRACE s, then kill."""
+    log.warn(f"interrupted: stopping pytest and its guests (at most {GRACE:.0f}s)")
+    t0 = time.monotonic()
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=GRACE)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        log.warn("pytest did not stop in time (or a second interrupt): killing it")
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    killed = reap(run)
+    if killed:
+        log.warn(f"killed what was left: {', '.join(killed)}")
+    log.step(f"stopped in {time.monotonic() - t0:.1f}s; results so far in {run}")
+
+
+def pytest(argv: list[str], run: Path, cwd: Path | None = None) -> int:
+    """pytest (argv after `python -m pytest`) with `run` as its run
+    directory; its exit status. Interrupts end it as described above."""
+    env = dict(os.environ, BPFPM_RUN_DIR=str(run))
+    full = [sys.executable, "-m", "pytest", *argv]
+    (run / "pytest.cmdline").write_text(shlex.join(full) + "\n")
+    proc = subprocess.Popen(full, env=env, stdin=subprocess.DEVNULL, process_group=0,
+                            preexec_fn=die_with_parent, cwd=cwd)
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:
+        _stop(proc, run)
+        raise
+    reap(run)
+    return rc
+
+
+def run_pytest(args: list[str]) -> int:
+    """`bpfpm test`: build first, then pytest into a new run directory."""
+    with session.run_dir("test") as run:
+        log.step(f"results: {run}")
+        if needs_vm(args):
+            session.build_all()
+        return pytest([f"--junitxml={run / 'junit.xml'}", "-o", "junit_family=xunit2", *args],
+                      run)

@@ -1,0 +1,80 @@
+"""Ctrl-C and SIGTERM on a whole `bpfpm test` run, as a terminal or CI
+sends them (to the process group): every process it started ends within
+15 s, and what it did so far is kept."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bpfpm.host import pid_running
+from bpfpm.paths import ROOT
+
+pytestmark = pytest.mark.vm
+
+CLEAN_WITHIN = 15
+
+
+def _wait(what, cond, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not reached within {timeout}s")
+
+
+def _children(pid):
+    try:
+        return [int(c) for t in os.listdir(f"/proc/{pid}/task")
+                for c in open(f"/proc/{pid}/task/{t}/children").read().split()]
+    except OSError:
+        return []
+
+
+def _pid(f):
+    try:
+        return int(f.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+@pytest.mark.parametrize("sig,stage", [(signal.SIGINT, "test"), (signal.SIGTERM, "boot")],
+                         ids=["ctrl-c-during-a-test", "sigterm-during-boot"])
+def test_interrupt_ends_every_process_and_keeps_results(kernel, tmp_path, sig, stage):
+    env = {k: v for k, v in os.environ.items() if k != "BPFPM_RUN_DIR"}
+    env["BPFPM_RESULTS"] = str(tmp_path)
+    out = open(tmp_path / "outer.log", "wb")
+    p = subprocess.Popen([sys.executable, "-m", "bpfpm.cli", "test", "vmtests/test_kernel_pm.py"],
+                         cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        run = _wait("run directory", lambda: next(tmp_path.glob("*-test"), None), 120)
+        console = run / "guest1.console.log"
+        if stage == "boot":
+            _wait("QEMU started", lambda: _pid(run / "guest1.qemu.pid"), 300)
+        else:
+            _wait("a test running", lambda: console.exists() and
+                  "bpfpm-mark-" in console.read_text(errors="replace"), 300)
+        pids = {"bpfpm": p.pid, "qemu": _pid(run / "guest1.qemu.pid"),
+                "vng": _pid(run / "guest1.vng.pid")}
+        pids.update({f"pytest {c}": c for c in _children(p.pid)})
+        assert pids["qemu"] and pids["vng"] and len(pids) >= 4, pids
+        t0 = time.monotonic()
+        os.killpg(p.pid, sig)
+        p.wait(timeout=60)
+        _wait("every process gone", lambda: not any(pid_running(x) for x in pids.values()), 60)
+        took = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    log = (tmp_path / "outer.log").read_text(errors="replace")
+    assert took <= CLEAN_WITHIN, f"cleanup took {took:.1f}s:\n{log[-3000:]}"
+    assert p.returncode == 130, f"exit {p.returncode}:\n{log[-3000:]}"
+    assert console.exists() and console.stat().st_size > 0, "the console log must be kept"
+    assert not list(run.glob("*.qemu.pid")), "a QEMU pid file means a VM was not stopped"
