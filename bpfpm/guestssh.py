@@ -135,7 +135,7 @@ def hidden_dirs(k: Keys) -> list[Path]:
 def private_namespace(hide: list[Path]) -> list[str]:
     """argv prefix: run the rest in a mount namespace where `hide` are empty
     tmpfs (unshare and sh exec, so the pid stays the command's own)."""
-    user = [] if os.geteuid() == 0 else ["--user", "--map-current-user"]
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
     mounts = " && ".join(f'mount -t tmpfs -o mode=700,size=64k bpfpm-hidden "${i + 1}"'
                          for i in range(len(hide)))
     script = f'{mounts + " && " if mounts else ""}shift {len(hide)} && exec "$@"'
