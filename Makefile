@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.bpfpm-setup
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: help setup kernel pms shell demo test test-fast vmtest bench-framework \
-        debug-test kselftest bisect bisect-demo cache clean-results
+        debug-test kselftest bisect bisect-demo cache test-faults clean-results
 
 help:
 	@echo "make setup            install Debian packages + Python venv (idempotent)"
@@ -19,6 +19,7 @@ help:
 	@echo "make demo             build, boot, run a two-link MPTCP transfer, print subflows"
 	@echo "make test             unit tests + VM scenarios (JUnit in results/latest/)"
 	@echo "make test-fast        unit tests only (no VM)"
+	@echo "make test-faults      the long fault injections: Ctrl-C during a build, two runs at once"
 	@echo "make vmtest T=expr    VM scenarios matching a pytest -k expression"
 	@echo "make bench-framework  measure build/boot/command speed targets"
 	@echo "make debug-test       BPF PM scenarios on the debug kernel (KASAN, lockdep, kmemleak; long)"
@@ -52,6 +53,9 @@ demo: setup
 
 test: setup
 	$(BPFPM) test $(ARGS)
+
+test-faults: setup
+	$(BPFPM) test faulttests $(ARGS)
 
 test-fast: setup
 	$(PY) -m pytest tests $(ARGS)

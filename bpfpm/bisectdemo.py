@@ -32,7 +32,7 @@ REGRESSION_AFTER = 7        # ordinary commits before the regression
 # rebuilds (a comment: ccache's preprocessor mode still hits)
 TOUCH = ["net/mptcp/protocol.c", "net/mptcp/subflow.c", "net/mptcp/options.c",
          "net/mptcp/pm.c", "net/mptcp/sockopt.c", "net/ipv4/tcp.c", "net/core/filter.c",
-         "net/mptcp/pm_netlink.c", "net/mptcp/token.c", "kernel/bpf/btf.c",
+         "net/mptcp/pm_userspace.c", "net/mptcp/token.c", "kernel/bpf/btf.c",
          "Documentation/networking/mptcp.rst", "net/mptcp/ctrl.c"]
 IDENT = ["-c", "user.name=bpfpm demo", "-c", "user.email=bpfpm@localhost",
          "-c", "commit.gpgsign=false"]
@@ -79,6 +79,8 @@ def _base(src: source.KernelSource) -> Path:
 
 def _ordinary(tree: Path, n: int) -> None:
     f = TOUCH[n % len(TOUCH)]
+    if not (tree / f).is_file():
+        raise BpfpmError(f"bisect-demo: {f} is not in this source; update TOUCH")
     comment = "\n.. bisect-demo: ordinary change {n}\n" if f.endswith(".rst") else \
         "\n/* bisect-demo: ordinary change {n} */\n"
     with open(tree / f, "a") as fh:

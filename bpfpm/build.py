@@ -392,10 +392,8 @@ def _build_in_place(src: source.KernelSource, series: list[Path], key: str, debu
     return info
 
 
-def build(debug: bool | None = None, patched: bool = True) -> KernelBuild:
-    """Build (or reuse) the guest kernel; `patched=False` leaves the series out."""
-    if os.environ.get("BPFPM_KERNEL_BUILD"):
-        return prebuilt(Path(os.environ["BPFPM_KERNEL_BUILD"]))
+def _inputs(debug: bool | None, patched: bool):
+    """What a build is made of: source, series, its key, debug or not."""
     if debug is None:
         debug = os.environ.get("DEBUG", "0") not in ("", "0")
     src = source.resolve()
@@ -403,6 +401,19 @@ def build(debug: bool | None = None, patched: bool = True) -> KernelBuild:
         series = patches.series() if patched else []
         key = _h(src.ident, patches.series_key(series), kconfig.config_key(debug),
                  toolchain_id())
+    return src, series, key, debug
+
+
+def key(debug: bool | None = None, patched: bool = True) -> str:
+    """The key build() would use with this environment, without building."""
+    return _inputs(debug, patched)[2]
+
+
+def build(debug: bool | None = None, patched: bool = True) -> KernelBuild:
+    """Build (or reuse) the guest kernel; `patched=False` leaves the series out."""
+    if os.environ.get("BPFPM_KERNEL_BUILD"):
+        return prebuilt(Path(os.environ["BPFPM_KERNEL_BUILD"]))
+    src, series, key, debug = _inputs(debug, patched)
     c = cache_dir()
     tree = c / "trees" / "linux"
     kdir = cache.kernels_dir() / key
