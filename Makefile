@@ -77,7 +77,7 @@ bisect: setup
 		--runs "$(or $(RUNS),1)" -- $(T)
 
 bisect-demo: setup
-	$(BPFPM) bisect-demo
+	$(BPFPM) bisect-demo $(if $(APPLY_SERIES),--apply-series)
 
 cache: setup
 	$(BPFPM) cache $(ARGS)

@@ -14,6 +14,7 @@ Scope and dependencies:
   load_pm  (function) load_pm("fullmesh") loads + attaches one; detached after
   pm       (function) parametrized: each PM kind of bpfpm.pmsetup.KINDS, applied to topo
   recorder (function) the event_recorder program, loaded
+  measure  (function) measure(name, value) -> <run>/measurements.jsonl
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pytest
 
 from bpfpm import events, pms, pmsetup, results
 from bpfpm import session as bpfpm_session
-from bpfpm.errors import GuestError
+from bpfpm.errors import BpfpmError, GuestError
 from bpfpm.scenario import Network
 from bpfpm.session import GuestSession
 from bpfpm.topology import TopoSpec
@@ -36,7 +37,12 @@ def _terminated(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+_config: pytest.Config
+
+
 def pytest_configure(config):
+    global _config
+    _config = config
     config.addinivalue_line("markers", "topo(**kw): TopoSpec.simple() arguments for `topo`")
     # SIGTERM unwinds like Ctrl-C: fixtures tear down, guests power off
     signal.signal(signal.SIGTERM, _terminated)
@@ -69,22 +75,34 @@ def kernel(request):
     return kb if kb is not None else bpfpm_session.build_all()
 
 
+INTERRUPTED = pytest.StashKey[bool]()
+
+
+def pytest_keyboard_interrupt(excinfo):
+    """Ctrl-C/SIGTERM: the teardowns that follow make no guest calls (each
+    could wait its deadline on a busy guest); guests are just stopped."""
+    _config.stash[INTERRUPTED] = True
+
+
 @pytest.fixture(scope="session")
-def guest(kernel, run_dir, pm_objects):
+def guest(kernel, run_dir, pm_objects, request):
     # pm_objects first: the guest's 9p root caches directory entries, so
     # files must exist before it boots.
     gs = GuestSession(kernel, run_dir)
     results.write_json(run_dir / "kernel.json", kernel.info | {"release": kernel.release})
+    yield gs
+    if INTERRUPTED in request.config.stash:
+        gs.close()                  # no more guest calls: just end QEMU
+        return
+    leaks = ""
     try:
-        yield gs
         # debug kernels: leaks that were too young for the last test's scan
         leaks = gs.kmemleak_scan(settle=True) if gs.debug else ""
-        rest = gs.check_rest()
     finally:
-        gs.close()
-    if rest.splats_before:
-        pytest.fail(f"kernel log after the last test has {len(rest.splats_before)} splat(s):\n"
-                    f"{gs.report(rest.splats_before)}", pytrace=False)
+        rest = gs.finish()
+    if rest:
+        pytest.fail(f"kernel log after the last test has {len(rest)} splat(s):\n"
+                    f"{gs.report(rest)}", pytrace=False)
     if leaks:
         (run_dir / "kmemleak-final.txt").write_text(leaks)
         pytest.fail(f"kmemleak, final scan after all tests:\n{leaks[:6000]}", pytrace=False)
@@ -97,6 +115,9 @@ def vm(guest, request, run_dir):
     vm = guest.ensure()
     begin = guest.begin_test(request.node.nodeid)
     yield vm
+    if INTERRUPTED in request.config.stash:
+        guest.stop()
+        return
     leaks = guest.kmemleak_scan() if guest.debug and vm.alive() else ""
     check = guest.end_test(request.node.nodeid, begin)
     slug = request.node.name.replace("/", "_")
@@ -106,7 +127,7 @@ def vm(guest, request, run_dir):
                        GuestError(f"guest {vm.name} stopped answering after the test; "
                                   f"console: {vm.console_log}"))
     if lost:
-        guest.stop()
+        guest.retire()
     problems = []
     if check.splats_during:
         problems.append(f"kernel log of this test has {len(check.splats_during)} splat(s) "
@@ -127,6 +148,17 @@ def vm(guest, request, run_dir):
 
 
 @pytest.fixture
+def measure(request, run_dir):
+    """measure(name, value): a figure a test measured (detection time,
+    clean-up time...), kept in <run>/measurements.jsonl for the record;
+    timings are reported, never asserted on here."""
+    def record(name: str, value) -> None:
+        with open(run_dir / "measurements.jsonl", "a") as f:
+            f.write(json.dumps({"test": request.node.nodeid, name: value}) + "\n")
+    return record
+
+
+@pytest.fixture
 def network(vm, request, run_dir):
     """Factory: network(spec) -> Network created now, destroyed after the test;
     the transfers it ran are saved to <run>/transfers/<test>.json."""
@@ -142,10 +174,12 @@ def network(vm, request, run_dir):
     if reports:
         (run_dir / "transfers").mkdir(exist_ok=True)
         results.write_json(run_dir / "transfers" / f"{request.node.name}.json", reports)
+    if INTERRUPTED in request.config.stash:
+        return
     for net in made:
         try:
             net.destroy()
-        except GuestError:
+        except BpfpmError:          # a lost or stuck guest: the vm fixture says so
             pass
 
 
@@ -166,7 +200,7 @@ def pm_objects(kernel):
 
 
 @pytest.fixture
-def load_pm(vm, pm_objects):
+def load_pm(vm, pm_objects, request):
     """Factory: load_pm(name) -> LoadedPM attached to the root cgroup."""
     loaded = []
 
@@ -179,10 +213,12 @@ def load_pm(vm, pm_objects):
         return pm
 
     yield load
+    if INTERRUPTED in request.config.stash:
+        return
     for pm in reversed(loaded):
         try:
             pm.__exit__(None, None, None)
-        except GuestError:
+        except BpfpmError:
             pass
 
 

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -65,36 +66,23 @@ def run(good: str, bad: str, selector: list[str], apply_series: bool = False,
         _git(tree, "rev-parse", "HEAD")
     with session.run_dir("bisect") as rdir:
         log.step(f"bisecting {tree} from {start}: good {good}, bad {bad}; run dir {rdir}")
-        _git(tree, "bisect", "start", bad, good)
         try:
+            _git(tree, "bisect", "start", bad, good)
             step = [sys.executable, "-m", "bpfpm.cli", "bisect-step", "--run-dir", str(rdir),
                     "--runs", str(runs), "--", *selector]
             env = dict(os.environ)
             if not apply_series:
                 env["BPFPM_PATCHES"] = "none"
-            with open(rdir / "bisect-run.log", "w") as out:
-                proc = subprocess.Popen(["git", "-C", str(tree), "bisect", "run", *step],
-                                        env=env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        text=True, errors="replace")
-                try:
-                    for line in proc.stdout:        # shown and kept
-                        out.write(line)
-                        sys.stderr.write(line)
-                    rc = proc.wait()
-                except KeyboardInterrupt:
-                    # the step got the interrupt too and stops its guest
-                    # itself; wait for it before the tree is reset
-                    try:
-                        proc.wait(timeout=runner.GRACE + 5)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                    raise
+            rc = _bisect_run(tree, step, env, rdir / "bisect-run.log")
             text = (rdir / "bisect-run.log").read_text(errors="replace")
             m = re.search(r"^([0-9a-f]{40}) is the first bad commit", text, re.M)
             (rdir / "bisect.log").write_text(_git(tree, "bisect", "log", check=False) + "\n")
         finally:
-            _git(tree, "bisect", "reset", start, check=False)
+            r = subprocess.run(["git", "-C", str(tree), "bisect", "reset", start],
+                               capture_output=True, text=True)
+            if r.returncode != 0:
+                log.error(f"`git bisect reset {start}` in {tree} failed: {r.stderr.strip()}; "
+                          "run it by hand")
         print_steps(rdir)
         if m:
             log.step(f"first bad commit: {m.group(1)} "
@@ -103,6 +91,41 @@ def run(good: str, bad: str, selector: list[str], apply_series: bool = False,
             log.error(f"git bisect run ended with status {rc} and named no commit; "
                       f"see {rdir / 'bisect-run.log'}")
         return Outcome(rc, m.group(1) if m else None, rdir)
+
+
+def _bisect_run(tree: Path, step: list[str], env: dict, logf: Path) -> int:
+    """`git bisect run`, its output shown and kept. It runs in a process
+    group of its own (and dies with us): an interrupt is passed on once, and
+    the tree is reset only after the step has stopped its guest (EOF on its
+    output), or after GRACE."""
+    with open(logf, "w") as out:
+        proc = subprocess.Popen(["git", "-C", str(tree), "bisect", "run", *step], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True, errors="replace",
+                                process_group=0, preexec_fn=runner.die_with_parent)
+        try:
+            for line in proc.stdout:
+                out.write(line)
+                sys.stderr.write(line)
+            return proc.wait()
+        except KeyboardInterrupt:
+            log.warn("interrupted: stopping the bisection step")
+            try:
+                os.killpg(proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + runner.GRACE + 5
+            try:
+                while time.monotonic() < deadline and proc.stdout.readline():
+                    pass
+            except (KeyboardInterrupt, OSError):
+                pass
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+            raise
 
 
 def print_steps(rdir: Path) -> None:
@@ -142,7 +165,7 @@ def verdict(pytest_rc: int, junit: Path | None = None) -> int:
         kinds = _failure_kinds(junit)
         if kinds and kinds <= {"BootFailed"}:
             return SKIP
-        if kinds & {"GuestFrozen", "ChannelLost"}:
+        if kinds & {"GuestFrozen", "ChannelLost", "QemuExited"}:
             raise Abort(f"the test run lost its guest ({', '.join(sorted(kinds))}), an "
                         "infrastructure error, not a verdict on this commit; see "
                         f"{junit.parent} and start again")
@@ -164,7 +187,7 @@ def _failure_kinds(junit: Path) -> set[str]:
         return set()
     kinds = set()
     for msg in re.findall(r"<(?:failure|error)\b[^>]*message=\"([^\"]*)\"", text):
-        m = re.search(r"\b(BootFailed|GuestFrozen|ChannelLost|GuestCrashed)\b", msg)
+        m = re.search(r"\b(BootFailed|GuestFrozen|ChannelLost|QemuExited|GuestCrashed)\b", msg)
         kinds.add(m.group(1) if m else "test")
     return kinds
 
@@ -175,6 +198,23 @@ def step(selector: list[str], rdir: Path, runs: int = 1) -> int:
     boot once, run the selection `runs` times. 0 good (every run passed),
     1 bad, 125 skip (does not build, the series does not apply, does not
     boot); Abort (exit 128: git stops) when the run says nothing about it."""
+    try:
+        return _step(selector, rdir, runs)
+    except Abort:
+        raise
+    except KeyboardInterrupt:
+        raise Abort("interrupted") from None
+    except Exception as e:      # anything else says nothing about the commit
+        raise Abort(f"the step itself failed ({type(e).__name__}: {e})") from None
+
+
+# A build error that is the commit's: make failed, or the series does not
+# apply to it. Anything else (disk full, rsync, locks) is ours: abort.
+_COMMITS_FAULT = ("kernel build failed", "does not apply", "kernel configuration step failed",
+                  "kernel config options did not end up as requested")
+
+
+def _step(selector: list[str], rdir: Path, runs: int) -> int:
     tree = Path.cwd()
     commit = _git(tree, "rev-parse", "HEAD")
     subject = _git(tree, "log", "-1", "--format=%s")
@@ -185,33 +225,34 @@ def step(selector: list[str], rdir: Path, runs: int = 1) -> int:
     record = {"commit": commit, "subject": subject, "build_s": 0.0, "boot_s": 0.0,
               "test_s": 0.0}
     try:
-        try:
-            kb = build.build()
-        except BpfpmError as e:
-            (sdir / "build-error.txt").write_text(str(e) + "\n")
-            log.warn(f"{commit[:12]}: does not build (or the series does not apply), "
-                     f"skipping it: {str(e).splitlines()[0]}")
-            return _record(rdir, record, SKIP, t0)
-        record["build_s"] = time.monotonic() - t0
-        _keep_build_log(kb, sdir)
-        junit = sdir / "junit.xml"
-        argv = ["-x", "-q", "-p", "no:cacheprovider", f"--rootdir={ROOT}",
-                f"--junitxml={junit}", *selector]
-        if runs > 1:
-            argv += ["--count", str(runs)]      # pytest-repeat: racy regressions
-        t1 = time.monotonic()
-        rc = runner.pytest(argv, sdir, cwd=ROOT)
-        record["test_s"] = time.monotonic() - t1
-        record["boot_s"] = _boot_seconds(sdir)
-        record["test_s"] -= record["boot_s"]
-        try:
-            v = verdict(rc, junit)
-        except Abort:
+        kb = build.build()
+    except BpfpmError as e:
+        (sdir / "build-error.txt").write_text(str(e) + "\n")
+        if not any(k in str(e) for k in _COMMITS_FAULT):
             _record(rdir, record, 128, t0)
-            raise
-        return _record(rdir, record, v, t0)
-    except KeyboardInterrupt:
-        raise Abort("interrupted") from None
+            raise Abort(f"building {commit[:12]} failed for a reason that is not the "
+                        f"commit's: {str(e).splitlines()[0]}") from None
+        log.warn(f"{commit[:12]}: does not build (or the series does not apply), "
+                 f"skipping it: {str(e).splitlines()[0]}")
+        return _record(rdir, record, SKIP, t0)
+    record["build_s"] = time.monotonic() - t0
+    _keep_build_log(kb, sdir)
+    junit = sdir / "junit.xml"
+    argv = ["-x", "-q", "-p", "no:cacheprovider", f"--rootdir={ROOT}",
+            f"--junitxml={junit}", *selector]
+    if runs > 1:
+        argv += ["--count", str(runs)]      # pytest-repeat: racy regressions
+    t1 = time.monotonic()
+    rc = runner.pytest(argv, sdir, cwd=ROOT)
+    record["test_s"] = time.monotonic() - t1
+    record["boot_s"] = _boot_seconds(sdir)
+    record["test_s"] -= record["boot_s"]
+    try:
+        v = verdict(rc, junit)
+    except Abort:
+        _record(rdir, record, 128, t0)
+        raise
+    return _record(rdir, record, v, t0)
 
 
 def _record(rdir: Path, record: dict, v: int, t0: float) -> int:
@@ -235,4 +276,10 @@ def _boot_seconds(sdir: Path) -> float:
     f = sdir / "boots.jsonl"
     if not f.exists():
         return 0.0
-    return sum(json.loads(ln)["seconds"] for ln in f.read_text().splitlines() if ln.strip())
+    total = 0.0
+    for ln in f.read_text().splitlines():
+        try:
+            total += json.loads(ln)["seconds"]
+        except (ValueError, KeyError):      # a line cut short by a killed run
+            pass
+    return total

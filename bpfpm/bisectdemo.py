@@ -2,10 +2,17 @@
 
 A git tree is made from the kernel source the cache already holds: one
 commit for the tree, the series as commits (`git am`), a dozen ordinary
-commits, and among them the regression of kernel/bisect-demo/ (RM_ADDR of
-a single address no longer reported to the BPF path manager). Then
-`bpfpm bisect` runs with the scenario that catches it, and the demo checks
-that the first bad commit named is the injected one.
+commits, and among them the regression of kernel/bisect-demo/with-series/
+(RM_ADDR of a single address no longer reported to the BPF path manager).
+Then `bpfpm bisect` runs with the scenario that catches it, and the demo
+checks that the first bad commit named is the injected one.
+
+With APPLY_SERIES=1 the tree is an "upstream" one: no series commits; the
+series is applied on each step's checkout. The regression
+(kernel/bisect-demo/upstream/) is in code the series does not touch, and
+one ordinary commit (reverted by the next) changes a line the series needs
+as context, so the series does not apply there: that step is shown to be
+skipped (125) before the bisection runs.
 
 The tree lives in <cache>/bisect-demo/linux; its base commit (1.5 GB of
 source, a minute or two to commit) is made once per source version and
@@ -17,6 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +33,7 @@ from .errors import BpfpmError
 from .paths import KERNEL_DIR, cache_dir
 
 SCENARIO = ["vmtests/test_hooks.py", "-k", "add_addr_and_rm_addr and ipv4"]
-REGRESSION = sorted((KERNEL_DIR / "bisect-demo").glob("*.patch"))
+DEMO_DIR = KERNEL_DIR / "bisect-demo"
 ORDINARY = 12
 REGRESSION_AFTER = 7        # ordinary commits before the regression
 # Files the ordinary commits touch: built ones, so each step really
@@ -88,33 +96,86 @@ def _ordinary(tree: Path, n: int) -> None:
     _git(tree, "commit", "-q", "-a", "-m", f"demo: ordinary change {n + 1} ({f})")
 
 
-def make_tree() -> tuple[Path, str, str]:
-    """The demo tree; (tree, last good commit = top of the series,
-    the injected regression's commit)."""
+# upstream mode: a line the series' pm.c hunk needs as context (fuzz 0)
+BREAK_FILE = "net/mptcp/pm.c"
+BREAK_LINE = "\tsubflows_max = mptcp_pm_get_subflows_max(msk);\n"
+BREAKER_AFTER = 3
+
+
+def _series_breaker(tree: Path) -> str:
+    """A commit on which the series does not apply, and its revert; the
+    breaking commit's hash."""
+    f = tree / BREAK_FILE
+    text = f.read_text()
+    if BREAK_LINE not in text:
+        raise BpfpmError(f"bisect-demo: {BREAK_FILE} no longer has the line the demo edits")
+    f.write_text(text.replace(BREAK_LINE, BREAK_LINE.rstrip("\n") + "  /* per netns */\n", 1))
+    _git(tree, "commit", "-q", "-a", "-m", "demo: pm: say the subflow limit is per netns")
+    broke = _git(tree, "rev-parse", "HEAD")
+    _git(tree, "revert", "--no-edit", "HEAD")
+    return broke
+
+
+def make_tree(upstream: bool = False) -> tuple[Path, str, str, str | None]:
+    """The demo tree: (tree, last good commit, the injected regression's
+    commit, the commit the series does not apply to (upstream mode))."""
     src = source.debian_source()
     tree = _base(src)
     series = patches.series()
-    if not series or not REGRESSION:
+    regression = sorted((DEMO_DIR / ("upstream" if upstream else "with-series")).glob("*.patch"))
+    if not series or not regression:
         raise BpfpmError("the demo needs kernel/patches/<version>/series and "
-                         "kernel/bisect-demo/*.patch")
-    _git(tree, "am", "-q", *map(str, series))
+                         f"{DEMO_DIR}/{'upstream' if upstream else 'with-series'}/*.patch")
+    if not upstream:
+        _git(tree, "am", "-q", *map(str, series))
     good = _git(tree, "rev-parse", "HEAD")
-    bad = None
+    bad = broke = None
     for i in range(ORDINARY):
+        if upstream and i == BREAKER_AFTER:
+            broke = _series_breaker(tree)
         if i == REGRESSION_AFTER:
-            _git(tree, "am", "-q", *map(str, REGRESSION))
+            _git(tree, "am", "-q", *map(str, regression))
             bad = _git(tree, "rev-parse", "HEAD")
         _ordinary(tree, i)
-    log.step(f"demo tree: base, {len(series)} series commits, {ORDINARY} ordinary commits, "
-             f"the regression {bad[:12]} after the {REGRESSION_AFTER}th")
-    return tree, good, bad
+    what = "no series commits (applied at each step)" if upstream else \
+        f"{len(series)} series commits"
+    log.step(f"demo tree: base, {what}, {ORDINARY} ordinary commits, the regression "
+             f"{bad[:12]} after the {REGRESSION_AFTER}th"
+             + (f", a commit the series does not apply to: {broke[:12]}" if broke else ""))
+    return tree, good, bad, broke
+
+
+def _skip_proof(tree: Path, broke: str) -> None:
+    """One step on the commit the series does not apply to: skipped."""
+    from . import session
+    _git(tree, "checkout", "-q", broke)
+    try:
+        with session.run_dir("bisect-skip-proof") as rdir:
+            env = dict(os.environ)
+            env.pop("BPFPM_PATCHES", None)
+            t0 = time.monotonic()
+            r = subprocess.run([sys.executable, "-m", "bpfpm.cli", "bisect-step", "--run-dir",
+                                str(rdir), "--", *SCENARIO], cwd=tree, env=env,
+                               stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            took = time.monotonic() - t0
+    finally:
+        _git(tree, "checkout", "-q", "demo")
+    why = next((ln for ln in r.stderr.splitlines() if "does not apply" in ln), r.stderr[-300:])
+    if r.returncode != bisect.SKIP:
+        raise BpfpmError(f"bisect-demo: a step where the series does not apply returned "
+                         f"{r.returncode}, not {bisect.SKIP}:\n{r.stderr[-2000:]}")
+    log.step(f"a step on {broke[:12]}, where the series does not apply, is skipped (125) in "
+             f"{took:.0f}s: {why.strip()}")
 
 
 def main(a) -> int:
     t0 = time.monotonic()
-    tree, good, injected = make_tree()
+    upstream = bool(getattr(a, "apply_series", False))
+    tree, good, injected, broke = make_tree(upstream)
     os.environ["KERNEL_SRC"] = str(tree)
-    out = bisect.run(good, "HEAD", SCENARIO)
+    if broke:
+        _skip_proof(tree, broke)
+    out = bisect.run(good, "HEAD", SCENARIO, apply_series=upstream)
     took = time.monotonic() - t0
     if out.first_bad == injected:
         log.step(f"bisect-demo: PASS: the first bad commit named is the injected regression "

@@ -48,6 +48,7 @@ from .errors import BpfpmError
 from .paths import cache_dir
 
 COLD_STEPS = 2810
+LINK_SECONDS = 120      # the last few steps (vmlinux link, BTF, bzImage), measured here
 _PROGRESS = re.compile(r"^\s+(CC|AS|LD|AR|BTF|GEN|HOSTCC|OBJCOPY|CHK)\s+(\S+)")
 _ERROR = re.compile(r"(error:|Error \d+|undefined reference|\*\*\* )")
 
@@ -228,6 +229,8 @@ def _run_make(argv: list[str], logf, total_hint: int, keep_fds: tuple[int, ...] 
             eta = ""
             if total_hint and count:
                 left = max(0, total_hint - count) * took / count
+                if "vmlinux" not in last:   # linking + BTF: ~2 min at the end
+                    left += LINK_SECONDS
                 eta = f" of ~{total_hint} ({min(99, 100 * count // total_hint)}%, " \
                       f"~{int(left // 60)} min {int(left % 60)} s left)"
             log.step(f"  build {int(took)}s: {count} steps{eta}, at {last}")

@@ -24,6 +24,7 @@ import json
 import logging
 import select
 import shlex
+import socket
 import threading
 import time
 from pathlib import Path
@@ -109,8 +110,14 @@ class Channel:
         self.chan = chan
         self.name = name
         self.time_scale = time_scale
-        self.frozen_after = FROZEN_AFTER * time_scale
+        # capped: a frozen guest must fail its test within 60 s, debug or not
+        self.frozen_after = FROZEN_AFTER * min(time_scale, 2.5)
+        # sends too: a frozen guest stops granting SSH window, and sendall
+        # would wait for it forever (the reader never blocks: it recv()s
+        # only what is ready)
+        chan.settimeout(self.frozen_after)
         self._ids = itertools.count(1)
+        self._abandoned: dict[int, str] = {}    # calls given up on, by id
         self._cv = threading.Condition()
         self._replies: dict[int, dict] = {}
         self._waiting: set[int] = set()
@@ -142,8 +149,10 @@ class Channel:
         with self._cv:
             while self._hello is None:
                 if self._closed:
+                    err = self.stderr_tail()
+                    self.close()
                     raise ChannelLost(f"guest {name}: the agent exited while starting: "
-                                      f"{self._closed}; stderr: {self.stderr_tail()}")
+                                      f"{self._closed}; stderr: {err}")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self.close()
@@ -173,6 +182,9 @@ class Channel:
                     data = self.chan.recv(65536)
                     if not data:
                         break
+                    # any bytes are a sign of life: a long reply holds the
+                    # heartbeats back until it is sent whole
+                    self.last_beat = time.monotonic()
                     buf += data
                     *lines, buf = buf.split(b"\n")
                     for line in lines:
@@ -194,8 +206,10 @@ class Channel:
         try:
             msg = json.loads(line)
         except ValueError:
+            msg = None
+        if not isinstance(msg, dict):
             if self._log:
-                self._log.write(b"stray stdout: " + line + b"\n")
+                self._log.write(b"stray stdout: " + line[:500] + b"\n")
             return
         with self._cv:
             self.last_beat = time.monotonic()
@@ -205,8 +219,10 @@ class Channel:
                 self._hello = msg
             elif msg.get("id") in self._waiting:
                 self._replies[msg["id"]] = msg
-            elif self._log:     # the answer to a call that gave up waiting
-                self._log.write(b"late reply dropped: " + line[:500] + b"\n")
+            else:               # the answer to a call that gave up waiting
+                self._abandoned.pop(msg.get("id"), None)
+                if self._log:
+                    self._log.write(b"late reply dropped: " + line[:500] + b"\n")
             self._cv.notify_all()
 
     def stderr_tail(self, n: int = 2000) -> str:
@@ -221,13 +237,27 @@ class Channel:
             if self._closed:
                 raise ChannelLost(f"guest {self.name}: channel lost ({self._closed}); "
                                   f"agent stderr: {self.stderr_tail(500)}")
+            stuck = [o for o in self._abandoned.values() if o != "run"]
+            if stuck:
+                # the one-request-at-a-time agent is still in it: waiting
+                # behind it would only time out again (a `run` ends by itself:
+                # the guest enforces its timeout)
+                raise CallTimeout(f"guest {self.name}: the agent is still busy with {stuck[0]}, "
+                                  f"which timed out earlier; {op} not sent")
             self._waiting.add(rid)
         try:
             try:
                 self.chan.sendall(msg)
+            except socket.timeout:
+                raise GuestFrozen(f"guest {self.name}: {op} could not be sent in "
+                                  f"{self.frozen_after:.0f}s (the guest takes no data)") from None
             except OSError as e:
                 raise ChannelLost(f"guest {self.name}: cannot send {op}: {e}") from None
             resp = self._wait(rid, op, time.monotonic() + _timeout)
+        except CallTimeout:
+            with self._cv:
+                self._abandoned[rid] = op
+            raise
         finally:
             with self._cv:
                 self._waiting.discard(rid)
@@ -272,6 +302,7 @@ class Channel:
     def send_only(self, op: str, **args) -> None:
         """Fire and forget (power-off: no answer will come)."""
         try:
+            self.chan.settimeout(1)
             self.chan.sendall((json.dumps({"id": 0, "op": op, "args": args}) + "\n").encode())
         except OSError:
             pass

@@ -221,6 +221,8 @@ def parser() -> argparse.ArgumentParser:
     bs.set_defaults(fn=cmd_bisect_step)
     bd = sub.add_parser("bisect-demo", help="prove bisect on an injected regression "
                         "(makes a git tree from the cached source; long)")
+    bd.add_argument("--apply-series", action="store_true",
+                    help="an upstream tree without the series: applied at each step")
     bd.set_defaults(fn=cmd_bisect_demo)
     return p
 

@@ -28,6 +28,10 @@ class GuestFrozen(GuestError):
     """QEMU is there but the guest stopped answering (no heartbeat)."""
 
 
+class QemuExited(GuestError):
+    """QEMU went away with no kernel panic: killed from outside (OOM, a user)."""
+
+
 class ChannelLost(GuestError):
     """The command channel dropped (sshd or agent gone) while QEMU runs."""
 

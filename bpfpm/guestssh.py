@@ -63,7 +63,11 @@ ip route add default via {GUEST_GW}
 mkdir -p /run/sshd
 chmod 755 /run/sshd
 install -m 600 {GUEST_DIR}/ssh_host_ed25519_key /run/sshd/ssh_host_ed25519_key
-exec /usr/sbin/sshd -D -e -f {GUEST_DIR}/sshd_config
+# not exec: the guest must outlive sshd (a killed sshd is a lost channel,
+# and the kernel log should say so, not a powered-off guest)
+/usr/sbin/sshd -D -e -f {GUEST_DIR}/sshd_config || true
+echo "bpfpm: the guest's sshd exited" > /dev/kmsg
+exec sleep infinity
 """
 
 

@@ -105,8 +105,7 @@ class GuestSession:
             return self.vm
         if self.vm is not None:
             log.warn(f"guest {self.vm.name} is gone; console kept at {self.vm.console_log}")
-            self._carry += self.check_rest().splats_before
-            self.stop()
+            self.retire()
         self.boots += 1
         vm = VM(self.kernel, self.run_dir, name=f"guest{self.boots}",
                 time_scale=self.time_scale, **self.vm_kw)
@@ -125,10 +124,29 @@ class GuestSession:
             self.kmemleak_scan()
         return vm
 
-    def stop(self) -> None:
+    def retire(self) -> None:
+        """Stop the guest, then check what its console got since the last
+        check (a poweroff's splats included): they go against the next test."""
         if self.vm is not None:
             self.vm.stop()
+            self._carry += self._check_upto(None, None).splats_before
             self.vm = None
+
+    def stop(self) -> None:
+        """Stop the guest at once, nothing checked (an interrupted run)."""
+        if self.vm is not None:
+            self.vm.kill()
+            self.vm = None
+
+    def finish(self) -> list[klog.Splat]:
+        """End of the session: stop the guest; the splats no test was
+        charged with (after the last test, during poweroff)."""
+        try:
+            self.retire()
+            left, self._carry = self._carry, []
+            return left
+        finally:
+            self._held.close()
 
     def close(self) -> None:
         self.stop()
@@ -152,7 +170,7 @@ class GuestSession:
         return self._check_upto(end, begin)
 
     def check_rest(self) -> LogCheck:
-        """Everything not checked yet (at session end, or before a reboot)."""
+        """Everything not checked yet, now."""
         return self._check_upto(None, None)
 
     def _check_upto(self, end: str | None, begin: str | None) -> LogCheck:
@@ -163,6 +181,9 @@ class GuestSession:
             upto = max(start, text.rfind("\n", start, j) + 1)
             nl = text.find("\n", j)          # the end marker's line is nobody's
             self._checked = nl + 1 if nl >= 0 else len(text)
+        elif self.vm is not None and self.vm.alive():
+            # a running guest may be mid-line: leave the partial line for later
+            upto = self._checked = max(start, text.rfind("\n") + 1)
         else:
             upto = self._checked = len(text)
         chunk = text[start:upto]

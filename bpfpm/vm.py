@@ -23,7 +23,7 @@ import tenacity
 from . import guestssh, host, log
 from .build import KernelBuild
 from .channel import Channel, Result, connect, public_key
-from .errors import BootFailed, ChannelLost, GuestCrashed, GuestError, GuestFrozen
+from .errors import BootFailed, ChannelLost, GuestCrashed, GuestError, GuestFrozen, QemuExited
 from .paths import ROOT
 
 BOOT_DEADLINE = float(os.environ.get("BPFPM_BOOT_TIMEOUT", "90"))
@@ -50,9 +50,14 @@ def guest_env() -> dict[str, str]:
 GUEST_LINK_DIR = ROOT / "images" / "guest" / "systemd-network"
 
 
-def _panic_line(console: Path) -> str:
-    """The first Oops/BUG/panic line of a console log, for a one-line summary."""
-    for line in console.read_text(errors="replace").splitlines():
+def _panic_line(console: Path, since: int = 0) -> str:
+    """The first Oops/BUG/panic line of a console log after offset `since`,
+    for a one-line summary."""
+    try:
+        text = console.read_bytes()[since:].decode(errors="replace")   # a byte offset
+    except OSError:
+        return "no panic line in the console (no console)"
+    for line in text.splitlines():
         if re.search(r"Oops|BUG:|Kernel panic", line):
             return line.strip()
     return "no panic line in the console"
@@ -104,6 +109,8 @@ class VM:
         self.channel: Channel | None = None
         self.lost: GuestError | None = None
         self._marks = 0
+        self._console_at_boot = 0
+        self._qemu: int | None = None
         self.boot_seconds = 0.0
 
     # -- command line -------------------------------------------------------
@@ -207,6 +214,9 @@ class VM:
                 startup=left)
         except GuestError as e:
             raise self._boot_failed(f"the guest agent did not start ({e})") from None
+        # a later loss is judged by what the console says from here on
+        self._console_at_boot = self.console_log.stat().st_size
+        self._qemu = self.qemu_pid()    # QEMU removes its pid file when it exits
 
     def alive(self) -> bool:
         return self.lost is None and self.proc is not None and self.proc.poll() is None
@@ -285,21 +295,35 @@ class VM:
 
     def _diagnose(self, e: GuestError) -> GuestError:
         """Name how the guest was lost, kill QEMU, keep the console."""
-        qemu = self.qemu_pid()
-        exited = (self.proc is not None and self.proc.poll() is not None) or \
-            (qemu is not None and not host.pid_running(qemu))
-        state = qemu_state(qemu)
+        qemu = self._qemu or self.qemu_pid()
         if isinstance(e, GuestFrozen):
+            state = qemu_state(qemu)
             self.kill()
             return GuestFrozen(f"{e}; {state}; QEMU killed. Console tail:\n"
                                f"{self.console_tail()}\nfull console: {self.console_log}")
-        time.sleep(0.5)     # a panicking guest's last lines reach the console
-        panic = _panic_line(self.console_log)
-        if exited or "no panic line" not in panic:
-            self.kill()
-            return GuestCrashed(f"guest {self.name} crashed ({panic}; {state}); console tail:\n"
-                                f"{self.console_tail()}\nfull console: {self.console_log}")
+        # A panicked guest reboots and QEMU exits (panic=-1, -no-reboot): once
+        # vng is gone, the console holds the guest's last words. A guest
+        # that lost only its channel keeps running: 5 s tell the two apart.
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        exited = self.proc.poll() is not None or \
+            (qemu is not None and not host.pid_running(qemu))
+        state = qemu_state(qemu)
+        panic = _panic_line(self.console_log, self._console_at_boot)
+        deadline = time.monotonic() + 3
+        while exited and "no panic line" in panic and time.monotonic() < deadline:
+            # QEMU's last console writes can land after its sockets closed
+            time.sleep(0.1)
+            panic = _panic_line(self.console_log, self._console_at_boot)
         self.kill()
+        tail = f"console tail:\n{self.console_tail()}\nfull console: {self.console_log}"
+        if "no panic line" not in panic:
+            return GuestCrashed(f"guest {self.name} crashed ({panic}; {state}); {tail}")
+        if exited:
+            return QemuExited(f"guest {self.name}: {state} with no kernel panic (killed "
+                              f"from outside? the host's OOM killer?); {tail}")
         return ChannelLost(f"{e}; {state}; the guest kernel did not crash (sshd or the "
                            f"agent went away); QEMU killed. Console: {self.console_log}")
 

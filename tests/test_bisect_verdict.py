@@ -35,3 +35,8 @@ def test_a_kernel_that_does_not_boot_is_skipped(tmp_path):
 def test_a_lost_channel_is_no_verdict(tmp_path):
     with pytest.raises(Abort):
         verdict(1, junit(tmp_path, "AssertionError: x", "bpfpm.errors.GuestFrozen: no heartbeat"))
+
+
+def test_a_killed_qemu_is_no_verdict(tmp_path):
+    with pytest.raises(Abort):
+        verdict(1, junit(tmp_path, "bpfpm.errors.QemuExited: QEMU (pid 3) has exited"))

@@ -10,7 +10,8 @@ import pytest
 
 from bpfpm.channel import CommandTimeout
 from bpfpm.host import pid_running
-from bpfpm.errors import BootFailed, CallTimeout, ChannelLost, GuestCrashed, GuestFrozen
+from bpfpm.errors import (BootFailed, CallTimeout, ChannelLost, GuestCrashed, GuestFrozen,
+                          QemuExited)
 from bpfpm.session import GuestSession
 
 pytestmark = pytest.mark.vm
@@ -53,7 +54,7 @@ def test_file_copy_both_ways(vm, tmp_path):
     assert (tmp_path / "back").read_bytes() == src.read_bytes()
 
 
-def _lose(guest, how, expect):
+def _lose(guest, how, expect, record):
     """Lose the session's guest by `how(vm)`; the next call must raise
     `expect` within DETECT_WITHIN s, QEMU must be gone, and a fresh guest
     must serve the next request."""
@@ -65,6 +66,7 @@ def _lose(guest, how, expect):
     with pytest.raises(expect) as e:
         vm.run("sleep 1; true", timeout=600)
     took = time.monotonic() - t0
+    record("detect_seconds", round(took, 1))      # <run>/measurements.jsonl
     assert took < DETECT_WITHIN, f"took {took:.0f}s to notice: {e.value}"
     assert not vm.alive() and not pid_running(qemu), "QEMU left running"
     assert str(vm.console_log) in str(e.value), "the report names the console"
@@ -76,35 +78,38 @@ def _lose(guest, how, expect):
     return e.value, check
 
 
-def test_frozen_qemu_is_detected_killed_and_replaced(guest):
-    err, _ = _lose(guest, lambda vm: os.kill(vm.qemu_pid(), signal.SIGSTOP), GuestFrozen)
+def test_frozen_qemu_is_detected_killed_and_replaced(guest, measure):
+    err, _ = _lose(guest, lambda vm: os.kill(vm.qemu_pid(), signal.SIGSTOP), GuestFrozen,
+                   measure)
     assert "no heartbeat" in str(err) and "stopped" in str(err)
 
 
-def test_killed_qemu_is_a_lost_guest_and_replaced(guest):
-    _lose(guest, lambda vm: os.kill(vm.qemu_pid(), signal.SIGKILL), GuestCrashed)
+def test_killed_qemu_is_reported_as_such_and_replaced(guest, measure):
+    err, _ = _lose(guest, lambda vm: os.kill(vm.qemu_pid(), signal.SIGKILL), QemuExited,
+                   measure)
+    assert "no kernel panic" in str(err)
 
 
-def test_killed_sshd_is_a_channel_loss_not_a_crash(guest):
+def test_killed_sshd_is_a_channel_loss_not_a_crash(guest, measure):
     def kill_sshd(vm):
         vm.call("run", cmd="(sleep 0.5; pkill -KILL -x sshd) >/dev/null 2>&1 &", timeout=10)
-    err, check = _lose(guest, kill_sshd, ChannelLost)
+    err, check = _lose(guest, kill_sshd, ChannelLost, measure)
     assert not check.splats_before, "killing sshd must not look like a kernel problem"
 
 
-def test_killed_agent_is_a_channel_loss_not_a_crash(guest):
+def test_killed_agent_is_a_channel_loss_not_a_crash(guest, measure):
     def kill_agent(vm):
         vm.call("run", cmd=f"(sleep 0.5; kill -KILL {vm.channel.agent_pid}) >/dev/null 2>&1 &",
                 timeout=10)
-    err, _ = _lose(guest, kill_agent, ChannelLost)
+    err, _ = _lose(guest, kill_agent, ChannelLost, measure)
     assert "agent" in str(err)
 
 
-def test_panicking_guest_is_reported_kept_and_replaced(guest):
+def test_panicking_guest_is_reported_kept_and_replaced(guest, measure):
     def panic(vm):
         vm.call("run", cmd="(sleep 0.5; echo c > /proc/sysrq-trigger) >/dev/null 2>&1 &",
                 timeout=10)
-    err, check = _lose(guest, panic, GuestCrashed)
+    err, check = _lose(guest, panic, GuestCrashed, measure)
     assert "crashed" in str(err) and "sysrq" in str(err).lower()
     assert {s.kind for s in check.splats_before} & {"panic", "oops"}, \
         "the panic must be found in the kernel log"

@@ -45,7 +45,8 @@ def _pid(f):
 
 @pytest.mark.parametrize("sig,stage", [(signal.SIGINT, "test"), (signal.SIGTERM, "boot")],
                          ids=["ctrl-c-during-a-test", "sigterm-during-boot"])
-def test_interrupt_ends_every_process_and_keeps_results(kernel, tmp_path, sig, stage):
+def test_interrupt_ends_every_process_and_keeps_results(kernel, tmp_path, sig, stage,
+                                                       measure):
     env = {k: v for k, v in os.environ.items() if k != "BPFPM_RUN_DIR"}
     env["BPFPM_RESULTS"] = str(tmp_path)
     out = open(tmp_path / "outer.log", "wb")
@@ -74,6 +75,7 @@ def test_interrupt_ends_every_process_and_keeps_results(kernel, tmp_path, sig, s
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
     log = (tmp_path / "outer.log").read_text(errors="replace")
+    measure("cleanup_seconds", round(took, 1))
     assert took <= CLEAN_WITHIN, f"cleanup took {took:.1f}s:\n{log[-3000:]}"
     assert p.returncode == 130, f"exit {p.returncode}:\n{log[-3000:]}"
     assert console.exists() and console.stat().st_size > 0, "the console log must be kept"

@@ -128,7 +128,10 @@ def op_run(cmd: str, timeout: float) -> dict:
         timed_out = False
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
-        out, err = p.communicate()
+        try:        # a grandchild in a session of its own may hold the pipes
+            out, err = p.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            out, err = b"", b"(output lost: a process it started holds its pipes)"
         timed_out = True
     return {"rc": p.returncode, "stdout": out.decode(errors="replace"),
             "stderr": err.decode(errors="replace"), "timed_out": timed_out,
