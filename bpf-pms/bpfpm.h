@@ -22,6 +22,7 @@
 #define BPFPM_EBUSY	16
 #define BPFPM_EINVAL	22
 #define BPFPM_ENOSPC	28
+#define BPFPM_EADDRNOTAVAIL 99
 #define BPFPM_EOPNOTSUPP 95
 #define BPFPM_ENOTCONN	107
 
@@ -31,6 +32,7 @@ extern int bpf_mptcp_open_subflow(struct bpf_sock_ops *ctx,
 extern int bpf_mptcp_close_subflow(struct bpf_sock_ops *ctx,
 				   const struct bpf_mptcp_endp *src,
 				   const struct bpf_mptcp_endp *dst) __ksym;
+extern int bpf_mptcp_refuse_join(struct bpf_sock_ops *ctx) __ksym;
 
 /* Read a bpf_sock_ops field right here. Without it, clang may merge the
  * loads of two branches into one through a computed ctx pointer, which the
@@ -55,17 +57,29 @@ static __always_inline bool bpfpm_addr_eq(const struct bpfpm_addr *a,
 	       a->addr[2] == b->addr[2] && a->addr[3] == b->addr[3];
 }
 
-/* The address carried by an ADD_ADDR or LOCAL_ADDR event. */
+/* The local (LOCAL_ADDR, OPEN_FAILED) or remote (ADD_ADDR, OPEN_FAILED)
+ * address carried by an event.
+ */
 static __always_inline void bpfpm_event_addr(const struct bpf_sock_ops *skops,
-					     __u32 family, struct bpfpm_addr *out)
+					     __u32 family, bool local,
+					     struct bpfpm_addr *out)
 {
 	out->family = family;
-	out->addr[0] = BPFPM_CTX(skops->mptcp_addr[0]);
 	out->addr[1] = out->addr[2] = out->addr[3] = 0;
-	if (family == AF_INET6) {
-		out->addr[1] = BPFPM_CTX(skops->mptcp_addr[1]);
-		out->addr[2] = BPFPM_CTX(skops->mptcp_addr[2]);
-		out->addr[3] = BPFPM_CTX(skops->mptcp_addr[3]);
+	if (local) {
+		out->addr[0] = BPFPM_CTX(skops->mptcp_local_addr[0]);
+		if (family == AF_INET6) {
+			out->addr[1] = BPFPM_CTX(skops->mptcp_local_addr[1]);
+			out->addr[2] = BPFPM_CTX(skops->mptcp_local_addr[2]);
+			out->addr[3] = BPFPM_CTX(skops->mptcp_local_addr[3]);
+		}
+	} else {
+		out->addr[0] = BPFPM_CTX(skops->mptcp_remote_addr[0]);
+		if (family == AF_INET6) {
+			out->addr[1] = BPFPM_CTX(skops->mptcp_remote_addr[1]);
+			out->addr[2] = BPFPM_CTX(skops->mptcp_remote_addr[2]);
+			out->addr[3] = BPFPM_CTX(skops->mptcp_remote_addr[3]);
+		}
 	}
 }
 

@@ -19,12 +19,10 @@ struct event {
 	__u32 remote_port;
 	__u32 loc_token;
 	__u32 rem_token;
-	__u64 loc_key;
-	__u64 rem_key;
 	__u32 flags;
 	__u32 subflow_id;
-	__u32 addr[4];
-	__s32 reply;
+	__u32 local_addr[4];
+	__u32 remote_addr[4];
 };
 
 struct {
@@ -35,7 +33,8 @@ struct {
 } events SEC(".maps");
 
 /* [0] = events recorded (may exceed MAX_EVENTS: then the log is truncated),
- * [1 + op - BPF_SOCK_OPS_MPTCP_CREATED_CB] = per-op totals.
+ * [1 + op - BPF_SOCK_OPS_MPTCP_CREATED_CB] = per-op totals. Ops are stored
+ * as that index too, so that user space needs no op value.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -44,7 +43,7 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-/* Key 0: the reply to give to JOIN_REQ (non-zero refuses every join). */
+/* Key 0: non-zero refuses every join (bpf_mptcp_refuse_join() on JOIN_REQ). */
 BPFPM_CONFIG_MAP;
 
 static __always_inline void count(__u32 slot, __u32 *seq)
@@ -65,13 +64,13 @@ int record(struct bpf_sock_ops *skops)
 	__u32 op = skops->op, seq = MAX_EVENTS, zero = 0, *cfg;
 	struct event *e;
 
-	if (op < BPF_SOCK_OPS_MPTCP_CREATED_CB || op > BPF_SOCK_OPS_MPTCP_JOIN_REQ_CB)
+	if (op < BPF_SOCK_OPS_MPTCP_CREATED_CB || op > BPF_SOCK_OPS_MPTCP_OPEN_FAILED_CB)
 		return 1;
 
 	if (op == BPF_SOCK_OPS_MPTCP_JOIN_REQ_CB) {
 		cfg = bpf_map_lookup_elem(&config, &zero);
 		if (cfg && *cfg)
-			skops->reply = *cfg;
+			bpf_mptcp_refuse_join(skops);
 	}
 
 	count(0, &seq);
@@ -83,7 +82,7 @@ int record(struct bpf_sock_ops *skops)
 		return 1;
 
 	e->seq = seq + 1;
-	e->op = op;
+	e->op = op - BPF_SOCK_OPS_MPTCP_CREATED_CB;
 	e->args[0] = skops->args[0];
 	e->args[1] = skops->args[1];
 	e->args[2] = skops->args[2];
@@ -106,15 +105,16 @@ int record(struct bpf_sock_ops *skops)
 	e->remote_port = skops->remote_port;	/* be16 in the upper half */
 	e->loc_token = skops->mptcp_loc_token;
 	e->rem_token = skops->mptcp_rem_token;
-	e->loc_key = skops->mptcp_loc_key;
-	e->rem_key = skops->mptcp_rem_key;
 	e->flags = skops->mptcp_flags;
 	e->subflow_id = skops->mptcp_subflow_id;
-	e->addr[0] = skops->mptcp_addr[0];
-	e->addr[1] = skops->mptcp_addr[1];
-	e->addr[2] = skops->mptcp_addr[2];
-	e->addr[3] = skops->mptcp_addr[3];
-	e->reply = skops->reply;
+	e->local_addr[0] = skops->mptcp_local_addr[0];
+	e->local_addr[1] = skops->mptcp_local_addr[1];
+	e->local_addr[2] = skops->mptcp_local_addr[2];
+	e->local_addr[3] = skops->mptcp_local_addr[3];
+	e->remote_addr[0] = skops->mptcp_remote_addr[0];
+	e->remote_addr[1] = skops->mptcp_remote_addr[1];
+	e->remote_addr[2] = skops->mptcp_remote_addr[2];
+	e->remote_addr[3] = skops->mptcp_remote_addr[3];
 	return 1;
 }
 

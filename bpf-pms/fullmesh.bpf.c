@@ -1,17 +1,20 @@
 // SPDX-License-Identifier: GPL-2.0
 /* fullmesh: one subflow per (local address, remote address) pair.
  *
- * Local addresses: the `locals` map (filled by the loader, like in-kernel
- * "subflow" endpoints) kept up to date by LOCAL_ADDR events. Remote
- * addresses: per connection, the initial one plus those learned from
- * ADD_ADDR, forgotten on RM_ADDR. Every event that can add a pair re-runs
- * mesh(), which only opens pairs not requested yet, so repeated events are
- * harmless. The kernel enforces the subflow limit (-ENOSPC).
- * Only the active (client) side opens subflows.
+ * Local addresses: the `locals` map (filled by the loader) kept up to date
+ * by LOCAL_ADDR events (endpoints added or removed). Remote addresses: per
+ * connection, the initial one plus those learned from ADD_ADDR, forgotten
+ * on RM_ADDR. Every event that can add a pair re-runs mesh(), which only
+ * opens pairs not requested yet, so repeated events are harmless. A pair
+ * whose subflow failed before it was established (OPEN_FAILED, or
+ * SUB_CLOSED of a join that never completed) is tried again, at most
+ * MAX_TRIES times per connection. The kernel enforces the subflow limit
+ * (-ENOSPC). Only the active (client) side opens subflows.
  */
 #include "bpfpm.h"
 
 #define MAX_CONNS 4096
+#define MAX_TRIES 3	/* retries of one pair, per connection */
 
 struct local_addr {
 	__u32 used;
@@ -23,6 +26,7 @@ struct conn {
 	__u8 remote_used[BPFPM_MAX_ADDRS];
 	__u8 remote_id[BPFPM_MAX_ADDRS];
 	__u8 opened[BPFPM_MAX_ADDRS];	/* per remote slot: bitmask of local slots */
+	__u8 tries[BPFPM_MAX_ADDRS][BPFPM_MAX_ADDRS];	/* [remote][local] */
 	struct bpfpm_addr init_local;
 };
 
@@ -39,6 +43,14 @@ struct {
 	__type(key, __u32);		/* local token */
 	__type(value, struct conn);
 } conns SEC(".maps");
+
+/* [0] pairs tried again, [1] pairs given up after MAX_TRIES */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} retries SEC(".maps");
 
 BPFPM_STATS_MAP
 
@@ -101,7 +113,8 @@ static void mesh(struct bpf_sock_ops *skops, struct conn *c)
 	bpf_loop(BPFPM_MAX_ADDRS, mesh_local, &m, 0);
 }
 
-static void on_created(struct bpf_sock_ops *skops)
+/* noinline: its 268-byte struct conn stays out of the other call chains' stack */
+static __noinline void on_created(struct bpf_sock_ops *skops)
 {
 	struct conn c = {};
 	__u32 token = skops->mptcp_loc_token;
@@ -119,7 +132,7 @@ static void on_add_addr(struct bpf_sock_ops *skops, struct conn *c)
 	struct bpfpm_addr a;
 	__u32 j, free = BPFPM_MAX_ADDRS;
 
-	bpfpm_event_addr(skops, skops->args[1], &a);
+	bpfpm_event_addr(skops, skops->args[1], false, &a);
 	if (!usable(&a))
 		return;
 	for (j = 0; j < BPFPM_MAX_ADDRS; j++) {
@@ -176,7 +189,7 @@ static void on_local_addr(struct bpf_sock_ops *skops, struct conn *c)
 	struct bpf_mptcp_endp src, dst;
 	__u32 j, slot;
 
-	bpfpm_event_addr(skops, skops->args[1], &f.a);
+	bpfpm_event_addr(skops, skops->args[1], true, &f.a);
 	if (!usable(&f.a))
 		return;
 	bpf_loop(BPFPM_MAX_ADDRS, find_local, &f, 0);
@@ -207,6 +220,69 @@ static void on_local_addr(struct bpf_sock_ops *skops, struct conn *c)
 	}
 }
 
+static __always_inline void bump(__u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&retries, &slot);
+
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+/* The subflow local -> remote failed before it was established. */
+static void on_failed(struct bpf_sock_ops *skops, struct conn *c,
+		      const struct bpfpm_addr *local, const struct bpfpm_addr *remote)
+{
+	struct find_ctx f = { .a = *local, .slot = BPFPM_MAX_ADDRS,
+			      .free = BPFPM_MAX_ADDRS };
+	__u32 i, j;
+
+	bpf_loop(BPFPM_MAX_ADDRS, find_local, &f, 0);
+	i = f.slot;
+	for (j = 0; j < BPFPM_MAX_ADDRS; j++) {
+		if (c->remote_used[j] && bpfpm_addr_eq(&c->remote[j], remote))
+			break;
+	}
+	if (i >= BPFPM_MAX_ADDRS || j >= BPFPM_MAX_ADDRS)
+		return;
+	/* bounds the verifier can see at the array accesses below */
+	asm volatile("" : "+r"(i), "+r"(j));
+	i &= BPFPM_MAX_ADDRS - 1;
+	j &= BPFPM_MAX_ADDRS - 1;
+	if (!(c->opened[j] & (1 << i)))
+		return;		/* not a pair this program opened */
+
+	c->opened[j] &= ~(1 << i);
+	if (c->tries[j][i] >= MAX_TRIES) {
+		c->opened[j] |= 1 << i;		/* given up: leave it */
+		bump(1);
+		return;
+	}
+	c->tries[j][i]++;
+	bump(0);
+	mesh(skops, c);
+}
+
+static void on_sub_closed(struct bpf_sock_ops *skops, struct conn *c)
+{
+	struct bpfpm_addr local, remote;
+
+	/* was established: closed on purpose, or by the peer, not a failure */
+	if ((skops->args[2] >> 8) || !skops->is_fullsock)
+		return;
+	bpfpm_sk_addr(skops, true, &local);
+	bpfpm_sk_addr(skops, false, &remote);
+	on_failed(skops, c, &local, &remote);
+}
+
+static void on_open_failed(struct bpf_sock_ops *skops, struct conn *c)
+{
+	struct bpfpm_addr local, remote;
+
+	bpfpm_event_addr(skops, skops->args[1], true, &local);
+	bpfpm_event_addr(skops, skops->args[1], false, &remote);
+	on_failed(skops, c, &local, &remote);
+}
+
 SEC("sockops")
 int fullmesh(struct bpf_sock_ops *skops)
 {
@@ -224,6 +300,8 @@ int fullmesh(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_MPTCP_ADD_ADDR_CB:
 	case BPF_SOCK_OPS_MPTCP_RM_ADDR_CB:
 	case BPF_SOCK_OPS_MPTCP_LOCAL_ADDR_CB:
+	case BPF_SOCK_OPS_MPTCP_SUB_CLOSED_CB:
+	case BPF_SOCK_OPS_MPTCP_OPEN_FAILED_CB:
 		break;
 	default:
 		return 1;
@@ -245,6 +323,12 @@ int fullmesh(struct bpf_sock_ops *skops)
 		break;
 	case BPF_SOCK_OPS_MPTCP_LOCAL_ADDR_CB:
 		on_local_addr(skops, c);
+		break;
+	case BPF_SOCK_OPS_MPTCP_SUB_CLOSED_CB:
+		on_sub_closed(skops, c);
+		break;
+	case BPF_SOCK_OPS_MPTCP_OPEN_FAILED_CB:
+		on_open_failed(skops, c);
 		break;
 	}
 	return 1;

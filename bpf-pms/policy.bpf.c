@@ -2,8 +2,8 @@
 /* policy: subflows never touch the denied prefixes.
  *
  * Passive side: an incoming MP_JOIN whose source or destination address is
- * in a denied prefix is refused (ctx->reply = 1: the kernel resets it with
- * MPTCP_RST_EPROHIBIT). Active side: an announced address is joined unless
+ * in a denied prefix is refused (bpf_mptcp_refuse_join(): the kernel resets
+ * it with MPTCP_RST_EPROHIBIT). Active side: an announced address is joined unless
  * it is denied. A netlink PM can only choose which subflows to create; it
  * cannot refuse the peer's.
  */
@@ -104,14 +104,14 @@ int policy(struct bpf_sock_ops *skops)
 		bpfpm_sk_addr(skops, true, &local);
 		bpfpm_sk_addr(skops, false, &remote);
 		if (denied(&local) || denied(&remote)) {
-			skops->reply = 1;
+			bpfpm_count(bpf_mptcp_refuse_join(skops));
 			decide(0);
 		} else {
 			decide(1);
 		}
 		break;
 	case BPF_SOCK_OPS_MPTCP_ADD_ADDR_CB:
-		bpfpm_event_addr(skops, skops->args[1], &remote);
+		bpfpm_event_addr(skops, skops->args[1], false, &remote);
 		if (denied(&remote)) {
 			decide(2);
 			break;

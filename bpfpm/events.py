@@ -10,10 +10,12 @@ import struct
 
 from .scenario import poll
 
-OPS = {
-    16: "CREATED", 17: "ESTABLISHED", 18: "CLOSED", 19: "SUB_ESTABLISHED",
-    20: "SUB_CLOSED", 21: "ADD_ADDR", 22: "RM_ADDR", 23: "LOCAL_ADDR", 24: "JOIN_REQ",
-}
+# The BPF_SOCK_OPS_MPTCP_* ops in enum order: the recorder stores
+# op - BPF_SOCK_OPS_MPTCP_CREATED_CB, so no op value is written here.
+OPS = dict(enumerate([
+    "CREATED", "ESTABLISHED", "CLOSED", "SUB_ESTABLISHED", "SUB_CLOSED",
+    "ADD_ADDR", "RM_ADDR", "LOCAL_ADDR", "JOIN_REQ", "OPEN_FAILED",
+]))
 FLAGS = {1: "server_side", 2: "fully_established", 4: "fallback", 8: "csum",
          16: "deny_join_id0"}
 
@@ -40,16 +42,19 @@ class Event:
     rport: int
     loc_token: str
     rem_token: str
-    loc_key: int
-    rem_key: int
     flags: set[str]
     subflow_id: int
-    addr_words: list[int]
-    reply: int
+    local_words: list[int]
+    remote_words: list[int]
 
     def addr(self, family: int | None = None) -> str | None:
-        """The event's mptcp_addr (ADD_ADDR / LOCAL_ADDR), as text."""
-        return ip(self.addr_words, family or self.args[1])
+        """The event's address, as text: the remote one of ADD_ADDR, the
+        local one of LOCAL_ADDR (OPEN_FAILED has both: see local_addr())."""
+        words = self.local_words if self.op == "LOCAL_ADDR" else self.remote_words
+        return ip(words, family or self.args[1])
+
+    def local_addr(self, family: int | None = None) -> str | None:
+        return ip(self.local_words, family or self.args[1])
 
     @classmethod
     def from_map(cls, v: dict) -> "Event":
@@ -59,9 +64,9 @@ class Event:
                    local=ip(v["local_ip"], fam), remote=ip(v["remote_ip"], fam),
                    lport=v["local_port"], rport=socket.ntohs(v["remote_port"] >> 16),
                    loc_token=f"{v['loc_token']:08x}", rem_token=f"{v['rem_token']:08x}",
-                   loc_key=v["loc_key"], rem_key=v["rem_key"],
                    flags={n for b, n in FLAGS.items() if v["flags"] & b},
-                   subflow_id=v["subflow_id"], addr_words=list(v["addr"]), reply=v["reply"])
+                   subflow_id=v["subflow_id"], local_words=list(v["local_addr"]),
+                   remote_words=list(v["remote_addr"]))
 
 
 def decode(entries: list[dict]) -> list[Event]:
@@ -78,8 +83,8 @@ class Recorder:
     def events(self) -> list[Event]:
         return decode(self.pm.map("events"))
 
-    def refuse_joins(self, reply: int = 1) -> None:
-        self.pm.update("config", 0, reply.to_bytes(4, "little"))
+    def refuse_joins(self) -> None:
+        self.pm.update("config", 0, (1).to_bytes(4, "little"))
 
     def wait(self, cond, timeout: float = 30, what: str = "events") -> list[Event]:
         """Poll until cond(events) is true; the events then."""

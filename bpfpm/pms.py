@@ -18,6 +18,7 @@ from .channel import AgentError
 from .build import KernelBuild
 from .errors import BpfpmError
 from .paths import PMS_DIR, cache_dir
+from .scenario import poll
 
 CFLAGS = ["-g", "-O2", "-target", "bpf", "-mcpu=v3", "-D__TARGET_ARCH_x86",
           "-Wall", "-Werror", "-Wno-unused-function"]
@@ -107,7 +108,13 @@ class LoadedPM:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.guest.call("bpf.unload", name=self.name)
+        self.unload()
+
+    def unload(self) -> None:
+        """Detach and unload (what a user does to a PM mid-connection)."""
+        if self.attached:
+            self.attached = False
+            self.guest.call("bpf.unload", name=self.name)
 
     def map(self, map_name: str) -> list[dict]:
         return self.guest.call("bpf.map_dump", name=self.name, map=map_name)
@@ -118,6 +125,11 @@ class LoadedPM:
 
     def set_config(self, value: int) -> None:
         self.update("config", 0, value.to_bytes(4, "little"))
+
+    def wait(self, cond, timeout: float = 30, what: str = "the awaited map state") -> None:
+        """Poll cond() (which reads this program's maps) until it is true."""
+        poll(cond, timeout, 0.2, lambda t: f"{self.name}: {what} not seen within {t:.0f}s",
+             self.guest.time_scale)
 
     def results(self) -> dict[int, int]:
         """errno -> count of kfunc calls (0 = success), from pm_results."""

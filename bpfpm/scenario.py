@@ -78,23 +78,24 @@ class Transfer:
 
     def __init__(self, net: "Network", nbytes: int, server_addr: str, port: int,
                  server_proto: str, client_proto: str, bind: str | None, seed: int,
-                 hold: bool = False, subflows: int = 0):
+                 hold: bool = False, subflows: int = 0, reconnect: bool = False):
         self.net, self.nbytes, self.addr, self.port = net, nbytes, server_addr, port
         self.server_proto, self.client_proto, self.bind, self.seed = \
             server_proto, client_proto, bind, seed
         self.hold = hold
         self.subflows = subflows
+        self.reconnect = reconnect
         self.result: TransferResult | None = None
 
     def start(self) -> "Transfer":
         a, t = self.net.guest, self.net.spec
         fam = 6 if ":" in self.addr else 4
         self.srv = a.call("xfer.server", ns=t.server_ns, port=self.port, family=fam,
-                          proto=self.server_proto)
+                          proto=self.server_proto, count=2 if self.reconnect else 1)
         self.cli = a.call("xfer.client", ns=t.client_ns, addr=self.addr, port=self.port,
                           nbytes=self.nbytes, seed=self.seed, proto=self.client_proto,
                           bind=self.bind, hold=self.hold, await_subflows=self.subflows,
-                          await_timeout=60 * self.net.scale)
+                          await_timeout=60 * self.net.scale, reconnect=self.reconnect)
         return self
 
     def release(self) -> None:
@@ -127,7 +128,7 @@ class Transfer:
                 f"transfer failed: client rc {cli['rc']} stderr:\n{cli['stderr']}\n"
                 f"server rc {srv['rc']} stderr:\n{srv['stderr']}")
         self.result = TransferResult(self.nbytes, cli["report"],
-                                     srv["report"]["connections"][0])
+                                     srv["report"]["connections"][-1])
         return self.result
 
     def __enter__(self) -> "Transfer":
@@ -171,6 +172,9 @@ class Network:
     def endpoint_del(self, side: str, id: int) -> None:
         self.guest.call("mptcp.endpoint_del", ns=self.ns(side), id=id)
 
+    def flush_endpoints(self, side: str) -> None:
+        self.guest.call("mptcp.endpoint_flush", ns=self.ns(side))
+
     def endpoints(self, side: str) -> list[dict]:
         return self.guest.call("mptcp.endpoints", ns=self.ns(side))
 
@@ -200,18 +204,20 @@ class Network:
     def transfer(self, nbytes: int = 8 << 20, family: int = 4, link: int = 1,
                  server_proto: str = "mptcp", client_proto: str = "mptcp",
                  seed: int | None = None, hold: bool = False,
-                 subflows: int = 0) -> Transfer:
+                 subflows: int = 0, reconnect: bool = False) -> Transfer:
         """A checksummed client->server transfer of `nbytes` to the server's
         address on `link`. hold=True keeps the connection open after the data
         until the `with` block ends (or release()), for acting on a live
         connection however slow the kernel is. subflows=N: after the first
         chunk the client waits (up to 60 s) for N subflows, so a scenario
         that counts subflows or checks that each carried data does not
-        depend on how fast the PM was compared to the transfer."""
+        depend on how fast the PM was compared to the transfer. reconnect=True:
+        the client first connects and disconnects (connect(AF_UNSPEC)), then
+        moves the data over the reused socket."""
         port = next(_ports)
         xfer = Transfer(self, nbytes, self.spec.addr("server", link, family), port,
                         server_proto, client_proto, None,
-                        seed if seed is not None else port, hold, subflows)
+                        seed if seed is not None else port, hold, subflows, reconnect)
         self.transfers.append(xfer)
         return xfer
 
@@ -220,11 +226,7 @@ class Network:
         """`count` concurrent connections; each waits for `subflows` subflows
         (unless wait=False: closed as soon as established). Reports of the
         client and the server."""
-        port = next(_ports)
-        srv = self.guest.call("burst.server", ns=self.spec.server_ns, port=port, count=count)
-        cli = self.guest.call("burst.client", ns=self.spec.client_ns,
-                              addr=self.spec.addr("server", 1), port=port, count=count,
-                              subflows=subflows, wait=wait)
+        srv, cli = self.burst_start(count, subflows, wait)
         k = self.scale
         timeout *= k
         c = self.guest.call("proc.wait", handle=cli, timeout=timeout, _timeout=timeout + 30)
@@ -232,6 +234,15 @@ class Network:
         if c["report"] is None or s["report"] is None:
             raise AssertionError(f"burst failed: client {c['stderr']}\nserver {s['stderr']}")
         return c["report"], s["report"]
+
+    def burst_start(self, count: int, subflows: int = 2, wait: bool = True) -> tuple[int, int]:
+        """burst() without waiting: the server's and the client's handles."""
+        port = next(_ports)
+        srv = self.guest.call("burst.server", ns=self.spec.server_ns, port=port, count=count)
+        cli = self.guest.call("burst.client", ns=self.spec.client_ns,
+                              addr=self.spec.addr("server", 1), port=port, count=count,
+                              subflows=subflows, wait=wait)
+        return srv, cli
 
     def reports(self) -> list[dict]:
         """What every finished transfer saw, for the run's artifacts."""

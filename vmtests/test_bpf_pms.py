@@ -87,17 +87,19 @@ def test_fullmesh_opens_every_pair(network, load_pm, shape, pm):
 
 @pytest.mark.topo(links=2, rate_mbit=20)
 @pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
-def test_fullmesh_follows_a_local_address_added_then_removed(topo, load_pm, family):
+def test_fullmesh_follows_an_endpoint_added_then_removed(topo, load_pm, family):
     t = topo.spec
     FULLMESH["bpf"](topo, Mesh([t.addr("client", 1, family)], [t.addr("server", 1, family)]),
                     load_pm)
     new = "10.0.2.11" if family == 4 else "fd00:2::11"
+    # nodad: the subflow binds to it right away
+    topo.addr("client", 2, new, add=True)
 
     with topo.transfer(8 * MiB, family=family) as xfer:
         xfer.wait_progress(0.1)
-        topo.addr("client", 2, new, add=True)
+        topo.endpoint("client", new, "subflow", id=20)
         xfer.wait_progress(0.5)
-        topo.addr("client", 2, new, add=False)
+        topo.endpoint_del("client", id=20)
 
     res = xfer.result
     res.assert_intact()
@@ -178,3 +180,23 @@ def test_policy_pm_refuses_joins_from_a_denied_prefix(topo, load_pm):
     assert (t.addr("client", 3), t.addr("server", 1)) in res.pairs(), res.table()
     decisions = {e["key"]: e["value"] for e in pm.map("decisions")}
     assert decisions[0] >= 1 and decisions[1] >= 1, decisions
+
+
+@pytest.mark.topo(links=1, rate_mbit=50)
+def test_fullmesh_retries_a_failed_pair_a_bounded_number_of_times(topo, load_pm):
+    """A local address the host does not have: every open of its pair fails
+    in the worker (OPEN_FAILED, EADDRNOTAVAIL). fullmesh tries it again 3
+    times, then gives up; the connection is not disturbed."""
+    t = topo.spec
+    pm = FULLMESH["bpf"](topo, Mesh([t.addr("client", 1), "192.0.2.1"], [t.addr("server", 1)]),
+                         load_pm)
+
+    with topo.transfer(2 * MiB, hold=True) as xfer:
+        pm.wait(lambda: pm.map("retries")[1]["value"] >= 1, what="fullmesh giving up")
+    res = xfer.result
+    res.assert_intact()
+    retries = [e["value"] for e in pm.map("retries")]
+    assert retries == [3, 1], f"tried again {retries[0]} times, gave up {retries[1]}"
+    assert pm.results() == {0: 4}, "4 requests queued: the first and 3 retries"
+    assert len(res.subflows) == 1, res.table()
+    assert res.client["conn"]["local_addr_used"] == 0, "address ids leaked on failure"

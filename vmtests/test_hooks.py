@@ -47,12 +47,12 @@ def test_session_created_established_closed_once_each(topo, recorder, family):
     assert created.local == topo.spec.addr("client", 1, family)
     assert created.remote == topo.spec.addr("server", 1, family)
     assert created.rport == xfer.port
-    # the two ends agree on each other's tokens and keys
+    # the two ends agree on each other's tokens (the keys are not exposed)
     est_c, est_s = cli["ESTABLISHED"][0], srv["ESTABLISHED"][0]
     assert est_c.rem_token == stok and est_s.rem_token == ctok
-    assert est_c.loc_key and est_c.loc_key == est_s.rem_key
-    assert est_s.loc_key and est_s.loc_key == est_c.rem_key
     assert not cli.get("SUB_ESTABLISHED") and not srv.get("JOIN_REQ")
+    # MPTCP_INFO shows the subflows limit the BPF PM works with
+    assert res.client["conn"]["subflows_max"] == 8, res.client["conn"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -138,22 +138,29 @@ def test_add_addr_and_rm_addr_carry_the_address(topo, recorder, family):
     assert add.loc_token == rm.loc_token == xfer.result.client["conn"]["token"]
 
 
+MPTCP_PM_ADDR_FLAG_SUBFLOW = 2
+
+
 @pytest.mark.topo(links=2, rate_mbit=8)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_local_address_added_and_removed_while_connected(topo, recorder, family):
+def test_endpoint_added_and_removed_while_connected(topo, recorder, family):
+    """LOCAL_ADDR comes from the endpoint commands (ip mptcp endpoint), in
+    the caller's netns and context, not from interface address changes."""
     use_bpf_pm(topo, "client")
     new = "10.0.2.11" if family == 4 else "fd00:2::11"
 
     with topo.transfer(8 * MiB, family=family, hold=True) as xfer:
         xfer.wait_progress(0.1)
         topo.addr("client", 2, new, add=True)
+        topo.endpoint("client", new, "subflow", id=20)
         evs = recorder.wait(lambda evs: any(e.op == "LOCAL_ADDR" and e.args[0] == 1
                                             and e.addr() == new for e in evs),
                             what=f"LOCAL_ADDR up {new}")
-        topo.addr("client", 2, new, add=False)
+        topo.endpoint_del("client", id=20)
         evs = recorder.wait(lambda evs: any(e.op == "LOCAL_ADDR" and e.args[0] == 0
                                             and e.addr() == new for e in evs),
                             what=f"LOCAL_ADDR down {new}")
+        topo.addr("client", 2, new, add=False)
     xfer.result.assert_intact()
 
     mine = [e for e in evs if e.op == "LOCAL_ADDR" and e.addr() == new]
@@ -161,7 +168,9 @@ def test_local_address_added_and_removed_while_connected(topo, recorder, family)
     for e in mine:
         assert not e.is_fullsock, "LOCAL_ADDR runs on the msk: never a full socket"
         assert e.loc_token == xfer.result.client["conn"]["token"]
-        assert e.args[1] == (2 if family == 4 else 10) and e.args[2] > 0
+        assert e.args[1] == (2 if family == 4 else 10)
+        assert e.args[2] & 0xff == 20, "the endpoint id"
+        assert (e.args[2] >> 8) & MPTCP_PM_ADDR_FLAG_SUBFLOW, "the endpoint flags"
 
 
 def test_join_refused_by_program(topo, recorder, load_pm):
@@ -183,3 +192,53 @@ def test_join_refused_by_program(topo, recorder, load_pm):
     assert len(res.final_subflows) == 1, f"the refused join became a subflow:\n{res.table()}"
     assert all(sf["bytes_acked"] <= 1 for sf in res.subflows[1:]), \
         f"the refused join carried data:\n{res.table()}"
+
+
+def test_a_program_writing_reply_on_every_op_changes_nothing(topo, recorder, load_pm):
+    """Many sock_ops programs end with ctx->reply = rv on every op. Beside a
+    path manager, such a program must not refuse joins (v1 read reply on
+    JOIN_REQ): refusing is bpf_mptcp_refuse_join(), which only a PM calls."""
+    use_bpf_pm(topo, "client", "server")
+    generic = load_pm("generic_sockops")
+    load_pm("ndiffports")
+
+    with topo.transfer(2 * MiB, subflows=2) as xfer:
+        pass
+    res = xfer.result
+    res.assert_intact()
+    assert len(res.final_subflows) == 2, f"the join was refused:\n{res.table()}"
+    stok = res.server["conn"]["token"]
+    evs = recorder.wait(lambda evs: count(evs, "SUB_ESTABLISHED", stok), what="the server's join")
+    assert count(evs, "JOIN_REQ", stok) == 1
+    assert generic.map("seen")[0]["value"] > 0, "the generic program never ran"
+
+
+@pytest.mark.topo(links=2, rate_mbit=20)
+def test_several_ids_in_one_rm_addr_with_8_subflows_open(topo, recorder, load_pm):
+    """The server announces three addresses, then flushes its endpoints: one
+    RM_ADDR carries the three ids. Each id is reported once, by ADD_ADDR and
+    by RM_ADDR, while the client has 8 subflows open."""
+    use_bpf_pm(topo, "client")
+    topo.limits("server", subflows=8, add_addr_accepted=8)
+    ndiff = load_pm("ndiffports")
+    ndiff.set_config(8)
+    extra = ["10.0.2.12", "10.0.2.13"]
+    for a in extra:
+        topo.addr("server", 2, a, add=True)
+    announced = {5: topo.spec.addr("server", 2), 6: extra[0], 7: extra[1]}
+    for i, a in announced.items():
+        topo.endpoint("server", a, "signal", id=i)
+
+    with topo.transfer(8 * MiB, hold=True, subflows=8) as xfer:
+        ctok = None
+        evs = recorder.wait(lambda evs: count(evs, "ADD_ADDR") >= 3, what="3 ADD_ADDR")
+        topo.flush_endpoints("server")
+        evs = recorder.wait(lambda evs: count(evs, "RM_ADDR") >= 3, what="3 RM_ADDR")
+    res = xfer.result
+    res.assert_intact()
+    ctok = res.client["conn"]["token"]
+    assert len(res.subflows) >= 8, res.table()
+    ev = by_token(recorder.events(), ctok)
+    assert sorted(e.args[0] for e in ev["ADD_ADDR"]) == [5, 6, 7], ev["ADD_ADDR"]
+    assert {e.args[0]: e.addr() for e in ev["ADD_ADDR"]} == announced
+    assert sorted(e.args[0] for e in ev["RM_ADDR"]) == [5, 6, 7], ev["RM_ADDR"]

@@ -9,11 +9,15 @@ import errno
 
 import pytest
 
+from bpfpm.events import count
+
 MiB = 1 << 20
 pytestmark = [pytest.mark.vm, pytest.mark.topo(links=1)]
 
-BEFORE_ESTABLISHED, BAD_FAMILY, FAMILY_MISMATCH, QUEUE_FULL, PLAIN_TCP, NOT_BPF_PM, \
-    FALLBACK, OK, CLOSE_BAD = range(9)
+FROM_CREATED, BAD_FAMILY, FAMILY_MISMATCH, QUEUE_FULL, PLAIN_TCP, NOT_BPF_PM, FALLBACK, \
+    OK, CLOSE_BAD, FROM_TCP_OP, MSK_SETSOCKOPT, MSK_GETSOCKOPT, MSK_CB_FLAGS, TCP_OP_FIELDS, \
+    REFUSE_OUTSIDE_JOIN, CLOSE_ALL, REOPEN = range(17)
+MODE_FLOOD, MODE_BOGUS_SRC, MODE_CLOSE_INITIAL, MODE_SERVER_OPEN, MODE_REOPEN = range(1, 6)
 
 
 def rets(probe) -> dict[int, int]:
@@ -21,7 +25,9 @@ def rets(probe) -> dict[int, int]:
     return {e["key"]: -(e["value"] - 1000) for e in probe.map("rets") if e["value"]}
 
 
-@pytest.mark.parametrize("limit,full", [(8, errno.EBUSY), (1, errno.ENOSPC)],
+# CREATED, ACTIVE_ESTABLISHED and the valid ESTABLISHED request take 3 of
+# the limit: the 4th request hits it
+@pytest.mark.parametrize("limit,full", [(8, errno.EBUSY), (3, errno.ENOSPC)],
                          ids=["queue-full", "subflow-limit"])
 def test_bad_requests_get_their_errno(topo, load_pm, limit, full):
     topo.sysctl("client", "net.mptcp.pm_type", 2)
@@ -34,8 +40,15 @@ def test_bad_requests_get_their_errno(topo, load_pm, limit, full):
     xfer.result.assert_intact()
 
     got = rets(probe)
-    assert got[BEFORE_ESTABLISHED] == errno.ENOTCONN, got
+    # queued before the connection is fully established, served after
+    assert got[FROM_CREATED] == 0 and got[FROM_TCP_OP] == 0, got
     assert got[BAD_FAMILY] == errno.EINVAL, got
+    assert got[CLOSE_ALL] == errno.EINVAL, got
+    assert got[REFUSE_OUTSIDE_JOIN] == errno.EINVAL, got
+    # CLOSED runs on the msk: the helpers that need a tcp_sock refuse it
+    assert got[MSK_SETSOCKOPT] == got[MSK_GETSOCKOPT] == got[MSK_CB_FLAGS] \
+        == errno.EOPNOTSUPP, got
+    assert got[TCP_OP_FIELDS] == 0, "mptcp_* fields must read 0 on a plain TCP op"
     assert got[CLOSE_BAD] == errno.EINVAL, got
     assert got[FAMILY_MISMATCH] == errno.EINVAL, got
     assert got[OK] == 0, got
@@ -55,6 +68,7 @@ def test_other_path_managers_and_plain_tcp_are_refused(topo, load_pm):
     got = rets(probe)
     assert got[NOT_BPF_PM] == errno.EOPNOTSUPP, got
     assert got[PLAIN_TCP] == errno.EINVAL, got
+    assert got[TCP_OP_FIELDS] == 0, "mptcp_* fields must read 0 on a plain TCP op"
     assert len(mptcp.result.subflows) == 1, "nothing may be opened for another PM"
 
 
@@ -97,3 +111,100 @@ def test_closing_with_requests_pending_leaves_nothing_behind(topo, load_pm, reco
     for ns in (topo.spec.client_ns, topo.spec.server_ns):
         left = vm.run(f"ip netns exec {ns} ss -HMna").stdout.strip()
         assert not left, f"MPTCP sockets left in {ns}:\n{left}"
+
+
+def bpf_pm_both(topo, subflows=8):
+    for side in ("client", "server"):
+        topo.sysctl(side, "net.mptcp.pm_type", 2)
+        topo.limits(side, subflows=subflows)
+
+
+def test_a_failure_in_the_worker_reaches_the_program(topo, load_pm, recorder):
+    """A request that fails when served, before any socket exists (here a
+    source address the host does not have: bind() fails), is reported as
+    OPEN_FAILED with its errno and addresses; its address id is released."""
+    bpf_pm_both(topo)
+    probe = load_pm("kfunc_probe")
+    probe.set_config(MODE_BOGUS_SRC)
+
+    with topo.transfer(1 * MiB, hold=True) as xfer:
+        evs = recorder.wait(lambda evs: count(evs, "OPEN_FAILED"), what="OPEN_FAILED")
+    res = xfer.result
+    res.assert_intact()
+    (failed,) = [e for e in evs if e.op == "OPEN_FAILED"]
+    assert failed.args[0] == errno.EADDRNOTAVAIL, failed
+    assert failed.loc_token == res.client["conn"]["token"]
+    assert (failed.local_addr(), failed.addr()) == ("192.0.2.1", topo.spec.addr("server", 1))
+    assert not failed.is_fullsock, "OPEN_FAILED runs on the msk"
+    assert probe.results() == {0: 1}, "the request was queued"
+    assert res.client["conn"]["local_addr_used"] == 0, "the address id was not released"
+
+
+def test_reopen_from_sub_closed_at_the_subflow_limit(topo, load_pm, recorder):
+    """Limit 1: the program closes its extra subflow and opens another one
+    from SUB_CLOSED. SUB_CLOSED comes after the subflow accounting, so the
+    new request fits (v1: -ENOSPC)."""
+    bpf_pm_both(topo, subflows=1)
+    probe = load_pm("kfunc_probe")
+    probe.set_config(MODE_REOPEN)
+
+    with topo.transfer(2 * MiB, hold=True) as xfer:
+        evs = recorder.wait(lambda evs: count(evs, "SUB_ESTABLISHED", xfer_token(evs)) >= 2,
+                            what="the second extra subflow")
+    xfer.result.assert_intact()
+    got = rets(probe)
+    assert got.get(REOPEN) == 0, got
+
+
+def xfer_token(evs):
+    """The client's token: the one whose CREATED says client side."""
+    toks = [e.loc_token for e in evs if e.op == "CREATED" and not e.args[0]]
+    return toks[0] if toks else None
+
+
+TCP_ESTABLISHED = 1
+
+
+@pytest.mark.topo(links=1, rate_mbit=20)
+def test_close_the_initial_subflow_by_its_port(topo, load_pm):
+    """Close matches addresses and ports: the initial subflow, named by its
+    local address and port, is shut down (as the netlink "subflow destroy"
+    does, the first subflow stays listed, no longer established); the
+    other subflow carries the rest of the data."""
+    bpf_pm_both(topo)
+    probe = load_pm("kfunc_probe")
+    probe.set_config(MODE_CLOSE_INITIAL)
+
+    with topo.transfer(8 * MiB, subflows=2) as xfer:
+        pass
+    res = xfer.result
+    res.assert_intact()
+    initial, join = res.subflows[0], res.subflows[1]
+    final = {sf["lport"]: sf for sf in res.final_subflows}
+    assert final.get(initial["lport"], {}).get("state") != TCP_ESTABLISHED, res.table()
+    assert final[join["lport"]]["state"] == TCP_ESTABLISHED, res.table()
+    assert final[join["lport"]]["bytes_acked"] > 4 * MiB, res.table()
+    assert probe.results() == {0: 2}, "one open, one close"
+
+
+@pytest.mark.topo(links=2, rate_mbit=20)
+def test_the_server_side_opens_a_subflow(topo, load_pm, recorder, vm):
+    """Opens work from the passive side too, once the connection is
+    accepted (here on LOCAL_ADDR: an endpoint added on the server): the
+    join leaves the server. The client has no listener on its port, so it
+    is reset: SUB_CLOSED, never established, on the server."""
+    bpf_pm_both(topo)
+    probe = load_pm("kfunc_probe")
+    probe.set_config(MODE_SERVER_OPEN)
+
+    with topo.transfer(4 * MiB, hold=True) as xfer:
+        xfer.wait_progress(0.1)         # the server has accepted it
+        topo.endpoint("server", topo.spec.addr("server", 2), "subflow", id=30)
+        evs = recorder.wait(lambda evs: any(e.op == "SUB_CLOSED" and "server_side" in e.flags
+                                            for e in evs), what="the server's join closed")
+    xfer.result.assert_intact()
+    assert probe.results() == {0: 1}
+    (closed,) = [e for e in evs if e.op == "SUB_CLOSED" and "server_side" in e.flags]
+    assert closed.args[2] >> 8 == 0, "a join the client never accepted"
+    syn = vm.run(f"ip netns exec {topo.spec.server_ns} nstat -az MPTcpExtMPJoinSynTx").stdout
+    assert int(syn.split()[-2]) >= 1, syn

@@ -198,6 +198,10 @@ def op_mptcp_endpoint_del(ns: str, id: int) -> None:
     mptcp.endpoint_del(ns, id)
 
 
+def op_mptcp_endpoint_flush(ns: str) -> None:
+    mptcp.endpoint_flush(ns)
+
+
 def op_mptcp_endpoints(ns: str) -> list:
     return mptcp.endpoints(ns)
 
@@ -241,10 +245,13 @@ def op_xfer_server(ns: str, port: int, family: int = 4, proto: str = "mptcp",
 
 def op_xfer_client(ns: str, addr: str, port: int, nbytes: int = 8 << 20, seed: int = 1,
                    proto: str = "mptcp", bind: str | None = None, hold: bool = False,
-                   await_subflows: int = 0, await_timeout: float = 60) -> int:
+                   await_subflows: int = 0, await_timeout: float = 60,
+                   reconnect: bool = False) -> int:
     argv = [*PY, "bpfpm.guest.xfer", "client", "--addr", addr, "--port", str(port),
             "--bytes", str(nbytes), "--seed", str(seed), "--proto", proto,
             "--report", "{report}", "--progress", "{progress}"]
+    if reconnect:
+        argv.append("--reconnect")
     if bind:
         argv += ["--bind", bind]
     if hold:
@@ -294,6 +301,11 @@ def op_xfer_progress(handle: int) -> list:
         return [int(sent), int(total), e["p"].poll()]
     except (OSError, ValueError):
         return [0, 0, e["p"].poll()]
+
+
+def op_proc_start(argv: list, ns: str | None = None) -> int:
+    """Any command in the background (in netns `ns`); proc.wait for its end."""
+    return PROCS.start(ns, [str(a) for a in argv], "cmd", {})
 
 
 def op_proc_wait(handle: int, timeout: float = 120) -> dict:

@@ -55,6 +55,11 @@ def endpoint_del(ns: str, id: int) -> None:
         m.endpoint("del", id=id)
 
 
+def endpoint_flush(ns: str) -> None:
+    with _nl(ns) as m:
+        m.endpoint("flush")
+
+
 def endpoints(ns: str) -> list[dict]:
     out = []
     with _nl(ns) as m:

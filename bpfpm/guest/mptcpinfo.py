@@ -70,6 +70,7 @@ def connection(sock: socket.socket) -> dict:
         subflows, = struct.unpack_from("=B", raw, 0)
         flags, token = struct.unpack_from("=II", raw, 8)
         info.update(subflows_extra=subflows, flags=flags, token=f"{token:08x}",
+                    subflows_max=raw[3], local_addr_used=raw[40],
                     fallback=bool(flags & MPTCP_INFO_FLAG_FALLBACK) or not info["mptcp"],
                     csum=bool(raw[42]))
     except OSError:

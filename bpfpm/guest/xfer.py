@@ -12,6 +12,7 @@ Run inside a netns: `ip netns exec NS python -m bpfpm.guest.xfer ...`.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import json
 import os
@@ -53,7 +54,10 @@ def server(a) -> int:
         next_sample = 0
         t0 = time.monotonic()
         while True:
-            data = conn.recv(1 << 20)
+            try:
+                data = conn.recv(1 << 20)
+            except ConnectionResetError:    # a client that disconnected
+                data = b""
             if not data:
                 break
             h.update(data)
@@ -64,7 +68,10 @@ def server(a) -> int:
         final = mptcpinfo.subflows(conn)
         mptcpinfo.merge_seen(seen, final)
         info = mptcpinfo.connection(conn)
-        conn.sendall(h.digest())
+        try:
+            conn.sendall(h.digest())
+        except (BrokenPipeError, ConnectionResetError):
+            pass
         conn.close()
         reports.append({"peer": list(peer[:2]), "bytes": n, "sha256": h.hexdigest(),
                         "seconds": round(time.monotonic() - t0, 3), "conn": info,
@@ -105,6 +112,15 @@ def _await_subflows(s, want: int, timeout: float, seen: dict) -> None:
         time.sleep(0.02)
 
 
+def _disconnect(s: socket.socket) -> None:
+    """connect(AF_UNSPEC): the socket can then connect again."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    unspec = (ctypes.c_ubyte * 16)()
+    if libc.connect(s.fileno(), unspec, len(unspec)):
+        err = ctypes.get_errno()
+        raise OSError(err, f"connect(AF_UNSPEC): {os.strerror(err)}")
+
+
 def client(a) -> int:
     fam = socket.AF_INET6 if ":" in a.addr else socket.AF_INET
     s = socket.socket(fam, socket.SOCK_STREAM, _proto(a.proto))
@@ -112,6 +128,11 @@ def client(a) -> int:
         s.bind((a.bind, 0))
     s.settimeout(a.timeout)
     t0 = time.monotonic()
+    if a.reconnect:
+        # connect, and disconnect before the connection is fully
+        # established (what its PM queued is still pending), then reuse
+        s.connect((a.addr, a.port))
+        _disconnect(s)
     s.connect((a.addr, a.port))
     rnd = random.Random(a.seed)
     h = hashlib.sha256()
@@ -247,6 +268,8 @@ def main(argv=None) -> int:
     cp.add_argument("--addr", required=True)
     cp.add_argument("--port", type=int, required=True)
     cp.add_argument("--bind", help="local address to bind the first subflow to")
+    cp.add_argument("--reconnect", action="store_true",
+                    help="connect, disconnect (AF_UNSPEC), then transfer on the reused socket")
     cp.add_argument("--bytes", type=int, default=8 << 20)
     cp.add_argument("--seed", type=int, default=1)
     cp.add_argument("--proto", choices=("mptcp", "tcp"), default="mptcp")

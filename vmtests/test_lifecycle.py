@@ -1,0 +1,180 @@
+"""The BPF path manager across the lives of what surrounds a connection:
+network namespaces, the pm_type sysctl, programs attached and detached,
+disconnect and reuse, fallback, all with requests and events in flight.
+"""
+
+import pytest
+
+from bpfpm.events import by_token, count
+from bpfpm.topology import TopoSpec
+
+MiB = 1 << 20
+pytestmark = [pytest.mark.vm]
+
+
+def bpf_pm(net, *sides, subflows=8):
+    for side in sides:
+        net.sysctl(side, "net.mptcp.pm_type", 2)
+        net.limits(side, subflows=subflows)
+
+
+def test_an_endpoint_flood_in_one_netns_costs_another_no_local_addr(network, recorder, vm):
+    """Netns B adds and removes an endpoint 200 times while netns A adds one:
+    A gets its LOCAL_ADDR, and B gets every one of its 400 (one per change
+    and live connection): nothing is shared between namespaces, nothing is
+    dropped (v1: one global queue of 256 events, walked on system_wq)."""
+    a = network(TopoSpec.simple(1, rate_mbit=20, client_ns="bpfpm-a-cli",
+                                server_ns="bpfpm-a-srv"))
+    b = network(TopoSpec.simple(1, rate_mbit=20, client_ns="bpfpm-b-cli",
+                                server_ns="bpfpm-b-srv"))
+    bpf_pm(a, "client")
+    bpf_pm(b, "client")
+    cycles = 200
+    flood = (f"for i in $(seq {cycles}); do ip mptcp endpoint add 10.0.1.1 id 50 && "
+             "ip mptcp endpoint del id 50; done")
+
+    with a.transfer(4 * MiB, hold=True) as xa, b.transfer(4 * MiB, hold=True) as xb:
+        xa.wait_progress(0.05)
+        xb.wait_progress(0.05)
+        done = vm.call("proc.start", ns=b.spec.client_ns, argv=["sh", "-c", flood])
+        a.addr("client", 1, "10.0.1.21", add=True)
+        a.endpoint("client", "10.0.1.21", "subflow", id=21)
+        recorder.wait(lambda evs: any(e.op == "LOCAL_ADDR" and e.addr() == "10.0.1.21"
+                                      for e in evs), what="A's LOCAL_ADDR")
+        flooded = vm.call("proc.wait", handle=done, timeout=300, _timeout=330)
+        assert flooded["rc"] == 0, flooded
+    xa.result.assert_intact()
+    xb.result.assert_intact()
+
+    evs = recorder.events()
+    atok, btok = xa.result.client["conn"]["token"], xb.result.client["conn"]["token"]
+    assert [e.addr() for e in by_token(evs, atok)["LOCAL_ADDR"]] == ["10.0.1.21"]
+    mine = by_token(evs, btok)["LOCAL_ADDR"]
+    assert [e.args[0] for e in mine] == [1, 0] * cycles, \
+        f"B saw {len(mine)} LOCAL_ADDR of {2 * cycles}"
+
+
+@pytest.mark.topo(links=1, rate_mbit=20)
+def test_pm_type_switched_2_0_2_with_live_connections(topo, load_pm, recorder):
+    """pm_type is read when a connection is created: switching it leaves the
+    live ones alone, and the next ones get the new path manager."""
+    bpf_pm(topo, "client", "server")
+    load_pm("ndiffports")
+
+    with topo.transfer(4 * MiB, hold=True, subflows=2) as first:
+        first.wait_progress(0.1)
+        topo.sysctl("client", "net.mptcp.pm_type", 0)
+        with topo.transfer(1 * MiB) as kernel_pm:
+            pass
+        topo.sysctl("client", "net.mptcp.pm_type", 2)
+        with topo.transfer(1 * MiB, subflows=2) as third:
+            pass
+    for x in (first, kernel_pm, third):
+        x.result.assert_intact()
+    assert len(first.result.final_subflows) == 2, first.result.table()
+    assert len(kernel_pm.result.subflows) == 1, "pm_type 0 and no endpoint: no subflow"
+    assert len(third.result.subflows) == 2, third.result.table()
+    evs = recorder.events()
+    assert not by_token(evs, kernel_pm.result.client["conn"]["token"]), \
+        "a pm_type 0 connection reached the BPF programs"
+    for x in (first, third):
+        assert count(evs, "CREATED", x.result.client["conn"]["token"]) == 1
+
+
+@pytest.mark.topo(links=1, rate_mbit=20)
+def test_a_pm_detached_then_replaced_mid_connection(topo, load_pm):
+    """Detaching the PM leaves its subflows working; the program loaded in
+    its place acts on the same live connection from its next event."""
+    bpf_pm(topo, "client", "server")
+    ndiff = load_pm("ndiffports")
+    ndiff.set_config(3)
+
+    with topo.transfer(8 * MiB, hold=True, subflows=3) as xfer:
+        xfer.wait_progress(0.2)
+        ndiff.unload()
+        probe = load_pm("kfunc_probe")
+        probe.set_config(2)             # MODE_BOGUS_SRC: only acts on ESTABLISHED
+        with topo.transfer(1 * MiB) as after:
+            pass
+    xfer.result.assert_intact()
+    after.result.assert_intact()
+    assert len(xfer.result.final_subflows) == 3, xfer.result.table()
+    assert len(after.result.subflows) == 1, "the detached ndiffports still acted"
+    assert probe.results() == {0: 1}, "the new program did not act on the new connection"
+
+
+@pytest.mark.topo(links=1, rate_mbit=50)
+def test_fallback_with_requests_queued(topo, load_pm, recorder):
+    """A request queued at CREATED (before full establishment) is still
+    pending when the connection falls back to TCP: it is dropped, nothing is
+    opened, and CLOSED(fallback) is the program's last event."""
+    bpf_pm(topo, "client")
+    topo.limits("server", subflows=8)
+    probe = load_pm("kfunc_probe")      # MODE_ERRNOS: one request at CREATED
+    topo.strip_mptcp_option("server")
+
+    with topo.transfer(1 * MiB) as xfer:
+        pass
+    res = xfer.result
+    res.assert_intact()
+    assert res.fallback, res.client["conn"]
+    ctok = res.client["conn"]["token_at_connect"]
+    evs = recorder.wait(lambda evs: count(evs, "CLOSED", ctok), what="CLOSED(fallback)")
+    ev = by_token(evs, ctok)
+    assert ev["CLOSED"][-1].args[0] == 1
+    assert ev["CLOSED"][-1].seq == max(e.seq for e in evs if e.loc_token == ctok)
+    assert not ev.get("SUB_ESTABLISHED") and not ev.get("OPEN_FAILED")
+    got = {e["key"]: e["value"] - 1000 for e in probe.map("rets") if e["value"]}
+    assert got[0] == 0, "the CREATED request was not queued"
+
+
+def test_a_netns_deleted_with_requests_and_events_queued(network, load_pm, recorder, vm):
+    """200 connections, each with 8 requests queued, and the namespaces are
+    deleted under them: every connection reports CLOSED, the requests are
+    dropped (kmemleak in make debug-test), the kernel stays clean."""
+    net = network(TopoSpec.simple(1, client_ns="bpfpm-gone-cli", server_ns="bpfpm-gone-srv"))
+    bpf_pm(net, "client", "server")
+    probe = load_pm("kfunc_probe")
+    probe.set_config(1)                 # MODE_FLOOD
+
+    def counters():
+        return {e["key"]: e["value"] for e in recorder.pm.map("counters")}
+    created, closed = 1, 3              # counters[1 + op - CREATED]
+    before = counters()
+    srv, cli = net.burst_start(200, subflows=2)
+    recorder.wait(lambda _: counters()[created] - before[created] >= 100, timeout=120,
+                  what="100 connections created")
+    for h in (cli, srv):                # the sockets close as the netns goes
+        vm.call("proc.kill", handle=h)
+    net.destroy()
+    recorder.wait(lambda _: counters()[closed] - before[closed]
+                  >= counters()[created] - before[created], timeout=120,
+                  what="CLOSED for every connection of the deleted netns")
+    assert probe.results().get(0, 0) > 0, "no request was queued"
+    assert vm.run("ip netns list | grep bpfpm-gone || true").stdout.strip() == ""
+
+
+@pytest.mark.topo(links=1, rate_mbit=50)
+def test_disconnect_with_requests_pending_then_reconnect(topo, load_pm, recorder):
+    """The client queues requests at CREATED and ACTIVE_ESTABLISHED, and
+    disconnects (connect(AF_UNSPEC)) before they are served: they are
+    dropped with the first connection. The reused socket is a new
+    connection: CREATED again, and its own requests open its subflows."""
+    bpf_pm(topo, "client", "server")
+    probe = load_pm("kfunc_probe")      # MODE_ERRNOS: requests from CREATED on
+
+    with topo.transfer(2 * MiB, reconnect=True, subflows=2) as xfer:
+        pass
+    res = xfer.result
+    res.assert_intact()
+    ctok = res.client["conn"]["token"]
+    evs = recorder.wait(lambda evs: count(evs, "CLOSED", ctok), what="the second CLOSED")
+    clients = [e for e in evs if e.op == "CREATED" and not e.args[0]]
+    assert len(clients) == 2, clients
+    first = clients[0].loc_token
+    assert first != ctok, "the reused socket kept its old token"
+    assert [e.op for e in evs if e.loc_token == first] == ["CREATED", "CLOSED"], \
+        "the first connection did more than be created and closed"
+    assert len(res.subflows) >= 2, f"the reused socket opened no subflow:\n{res.table()}"
+    got = {e["key"]: e["value"] - 1000 for e in probe.map("rets") if e["value"]}
+    assert got[0] == 0, "no request was queued at CREATED"
