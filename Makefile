@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.bpfpm-setup
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: help setup kernel pms shell demo test test-fast vmtest bench-framework \
-        debug-test kselftest bisect bisect-demo cache test-faults clean-results
+        debug-test fuzz soak kselftest bisect bisect-demo cache test-faults clean-results
 
 help:
 	@echo "make setup            install Debian packages + Python venv (idempotent)"
@@ -23,6 +23,8 @@ help:
 	@echo "make vmtest T=expr    VM scenarios matching a pytest -k expression"
 	@echo "make bench-framework  measure build/boot/command speed targets"
 	@echo "make debug-test       BPF PM scenarios on the debug kernel (KASAN, lockdep, kmemleak; long)"
+	@echo "make fuzz             100000 random kfunc calls from every op, debug kernel (FUZZ_CALLS=N)"
+	@echo "make soak             churn for SOAK_S seconds (default 60) on the debug kernel"
 	@echo "make kselftest        upstream MPTCP selftests, unpatched vs patched (long)"
 	@echo "make bisect GOOD=.. BAD=.. T='pytest args' [APPLY_SERIES=1] [RUNS=N]   git bisect run over KERNEL_SRC"
 	@echo "make bisect-demo      bisect an injected regression in a demo tree, check the verdict (long)"
@@ -64,7 +66,15 @@ vmtest: setup
 	$(BPFPM) test -k "$(T)" vmtests $(ARGS)
 
 debug-test: setup
-	DEBUG=1 $(BPFPM) test --timeout=1800 vmtests/test_hooks.py vmtests/test_kfuncs.py vmtests/test_bpf_pms.py $(ARGS)
+	DEBUG=1 $(BPFPM) test --timeout=1800 vmtests/test_hooks.py vmtests/test_kfuncs.py \
+		vmtests/test_lifecycle.py vmtests/test_bpf_pms.py $(ARGS)
+
+fuzz: setup
+	DEBUG=1 BPFPM_FUZZ_CALLS=$(or $(FUZZ_CALLS),100000) $(BPFPM) test --timeout=3600 \
+		vmtests/test_fuzz.py $(ARGS)
+
+soak: setup
+	DEBUG=1 SOAK_S=$(or $(SOAK_S),60) $(BPFPM) test --timeout=3600 soaktests $(ARGS)
 
 kselftest: setup
 	$(BPFPM) kselftest $(ARGS)

@@ -17,6 +17,10 @@
 
 #define BPFPM_MAX_ADDRS	8
 
+/* The MPTCP ops pass their arguments in args[1..3]: args[0] is where
+ * reply is stored, which other programs may write on every op.
+ */
+
 /* errnos the kfuncs return (no libc headers in BPF programs) */
 #define BPFPM_ENOMEM	12
 #define BPFPM_EBUSY	16
@@ -129,7 +133,7 @@ struct {								\
 } config SEC(".maps")
 
 /* Errors seen by a PM, by errno (index 0 counts successes). */
-#define BPFPM_ERRNO_SLOTS 64
+#define BPFPM_ERRNO_SLOTS 128	/* errnos up to 126; 127: anything else */
 
 #define BPFPM_STATS_MAP							\
 struct {								\

@@ -83,9 +83,9 @@ int record(struct bpf_sock_ops *skops)
 
 	e->seq = seq + 1;
 	e->op = op - BPF_SOCK_OPS_MPTCP_CREATED_CB;
-	e->args[0] = skops->args[0];
-	e->args[1] = skops->args[1];
-	e->args[2] = skops->args[2];
+	e->args[0] = skops->args[1];	/* the MPTCP ops' args[1..3] */
+	e->args[1] = skops->args[2];
+	e->args[2] = skops->args[3];
 	e->is_fullsock = skops->is_fullsock;
 	e->family = skops->family;
 	if (e->family == AF_INET) {

@@ -119,7 +119,7 @@ static __noinline void on_created(struct bpf_sock_ops *skops)
 	struct conn c = {};
 	__u32 token = skops->mptcp_loc_token;
 
-	if (skops->args[0] || !skops->is_fullsock)	/* passive side */
+	if (skops->args[1] || !skops->is_fullsock)	/* passive side */
 		return;
 	bpfpm_sk_addr(skops, false, &c.remote[0]);
 	bpfpm_sk_addr(skops, true, &c.init_local);
@@ -132,7 +132,7 @@ static void on_add_addr(struct bpf_sock_ops *skops, struct conn *c)
 	struct bpfpm_addr a;
 	__u32 j, free = BPFPM_MAX_ADDRS;
 
-	bpfpm_event_addr(skops, skops->args[1], false, &a);
+	bpfpm_event_addr(skops, skops->args[2], false, &a);
 	if (!usable(&a))
 		return;
 	for (j = 0; j < BPFPM_MAX_ADDRS; j++) {
@@ -144,7 +144,7 @@ static void on_add_addr(struct bpf_sock_ops *skops, struct conn *c)
 	if (free >= BPFPM_MAX_ADDRS)
 		return;
 	c->remote[free] = a;
-	c->remote_id[free] = skops->args[0];
+	c->remote_id[free] = skops->args[1];
 	c->remote_used[free] = 1;
 	c->opened[free] = 0;
 	mesh(skops, c);
@@ -156,7 +156,7 @@ static void on_rm_addr(struct bpf_sock_ops *skops, struct conn *c)
 
 	/* the kernel itself closes the subflows to a removed address */
 	for (j = 1; j < BPFPM_MAX_ADDRS; j++) {
-		if (c->remote_used[j] && c->remote_id[j] == skops->args[0]) {
+		if (c->remote_used[j] && c->remote_id[j] == skops->args[1]) {
 			c->remote_used[j] = 0;
 			c->opened[j] = 0;
 		}
@@ -189,12 +189,12 @@ static void on_local_addr(struct bpf_sock_ops *skops, struct conn *c)
 	struct bpf_mptcp_endp src, dst;
 	__u32 j, slot;
 
-	bpfpm_event_addr(skops, skops->args[1], true, &f.a);
+	bpfpm_event_addr(skops, skops->args[2], true, &f.a);
 	if (!usable(&f.a))
 		return;
 	bpf_loop(BPFPM_MAX_ADDRS, find_local, &f, 0);
 
-	if (skops->args[0]) {		/* added: one event per connection */
+	if (skops->args[1]) {		/* added: one event per connection */
 		if (f.slot == BPFPM_MAX_ADDRS) {
 			struct local_addr nl = { .used = 1, .a = f.a };
 
@@ -267,7 +267,7 @@ static void on_sub_closed(struct bpf_sock_ops *skops, struct conn *c)
 	struct bpfpm_addr local, remote;
 
 	/* was established: closed on purpose, or by the peer, not a failure */
-	if ((skops->args[2] >> 8) || !skops->is_fullsock)
+	if ((skops->args[3] >> 8) || !skops->is_fullsock)
 		return;
 	bpfpm_sk_addr(skops, true, &local);
 	bpfpm_sk_addr(skops, false, &remote);
@@ -278,8 +278,8 @@ static void on_open_failed(struct bpf_sock_ops *skops, struct conn *c)
 {
 	struct bpfpm_addr local, remote;
 
-	bpfpm_event_addr(skops, skops->args[1], true, &local);
-	bpfpm_event_addr(skops, skops->args[1], false, &remote);
+	bpfpm_event_addr(skops, skops->args[2], true, &local);
+	bpfpm_event_addr(skops, skops->args[2], false, &remote);
 	on_failed(skops, c, &local, &remote);
 }
 

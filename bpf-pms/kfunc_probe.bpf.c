@@ -87,7 +87,7 @@ static void on_closed(struct bpf_sock_ops *skops)
 
 	bpfpm_endp(&src, NULL);
 	bpfpm_endp(&dst, NULL);
-	if (skops->args[0] == 1) {	/* fell back: the msk is still there */
+	if (skops->args[1] == 1) {	/* fell back: the msk is still there */
 		put(PROBE_FALLBACK, bpf_mptcp_open_subflow(skops, &src, &dst));
 		return;
 	}
@@ -105,7 +105,7 @@ static void on_established(struct bpf_sock_ops *skops, __u32 mode)
 
 	bpfpm_endp(&src, NULL);
 	bpfpm_endp(&dst, NULL);
-	if (skops->args[0] || mode == MODE_SERVER_OPEN)
+	if (skops->args[1] || mode == MODE_SERVER_OPEN)
 		return;
 	switch (mode) {
 	case MODE_FLOOD:
@@ -174,7 +174,7 @@ int probe(struct bpf_sock_ops *skops)
 		    ret == -BPFPM_EOPNOTSUPP ? PROBE_NOT_BPF_PM : PROBE_FROM_TCP_OP, ret);
 		break;
 	case BPF_SOCK_OPS_MPTCP_CREATED_CB:
-		if (!skops->args[0] && mode == MODE_ERRNOS)
+		if (!skops->args[1] && mode == MODE_ERRNOS)
 			put(PROBE_FROM_CREATED, bpf_mptcp_open_subflow(skops, &src, &dst));
 		break;
 	case BPF_SOCK_OPS_MPTCP_CLOSED_CB:
@@ -209,7 +209,7 @@ int probe(struct bpf_sock_ops *skops)
 		}
 		break;
 	case BPF_SOCK_OPS_MPTCP_SUB_CLOSED_CB:
-		if (mode == MODE_REOPEN && reopen_state == 1 && (skops->args[2] >> 8) &&
+		if (mode == MODE_REOPEN && reopen_state == 1 && (skops->args[3] >> 8) &&
 		    !(skops->mptcp_flags & BPF_MPTCP_F_SERVER_SIDE)) {
 			reopen_state = 2;
 			put(PROBE_REOPEN, bpf_mptcp_open_subflow(skops, &src, &dst));

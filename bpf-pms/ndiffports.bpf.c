@@ -21,7 +21,7 @@ int ndiffports(struct bpf_sock_ops *skops)
 
 	if (skops->op != BPF_SOCK_OPS_MPTCP_ESTABLISHED_CB)
 		return 1;
-	if (skops->args[0])	/* server side: the client opens subflows */
+	if (skops->args[1])	/* server side: the client opens subflows */
 		return 1;
 
 	cfg = bpf_map_lookup_elem(&config, &zero);

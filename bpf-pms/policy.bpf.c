@@ -111,7 +111,7 @@ int policy(struct bpf_sock_ops *skops)
 		}
 		break;
 	case BPF_SOCK_OPS_MPTCP_ADD_ADDR_CB:
-		bpfpm_event_addr(skops, skops->args[1], false, &remote);
+		bpfpm_event_addr(skops, skops->args[2], false, &remote);
 		if (denied(&remote)) {
 			decide(2);
 			break;

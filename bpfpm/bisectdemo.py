@@ -98,7 +98,7 @@ def _ordinary(tree: Path, n: int) -> None:
 
 # upstream mode: a line the series' pm.c hunk needs as context (fuzz 0)
 BREAK_FILE = "net/mptcp/pm.c"
-BREAK_LINE = "\tsubflows_max = mptcp_pm_get_subflows_max(msk);\n"
+BREAK_LINE = '\tpr_debug("msk=%p remote_ids_nr=%d\\n", msk, rm_list->nr);\n'
 BREAKER_AFTER = 3
 
 
@@ -109,8 +109,8 @@ def _series_breaker(tree: Path) -> str:
     text = f.read_text()
     if BREAK_LINE not in text:
         raise BpfpmError(f"bisect-demo: {BREAK_FILE} no longer has the line the demo edits")
-    f.write_text(text.replace(BREAK_LINE, BREAK_LINE.rstrip("\n") + "  /* per netns */\n", 1))
-    _git(tree, "commit", "-q", "-a", "-m", "demo: pm: say the subflow limit is per netns")
+    f.write_text(text.replace(BREAK_LINE, BREAK_LINE.rstrip("\n") + "  /* ids from the peer */\n", 1))
+    _git(tree, "commit", "-q", "-a", "-m", "demo: pm: say where the removed ids come from")
     broke = _git(tree, "rev-parse", "HEAD")
     _git(tree, "revert", "--no-edit", "HEAD")
     return broke

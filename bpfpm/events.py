@@ -31,6 +31,7 @@ def ip(words: list[int], family: int) -> str | None:
 
 @dataclasses.dataclass
 class Event:
+    """One recorded op; args are the op's arguments, the kernel's args[1..3]."""
     seq: int
     op: str
     args: list[int]

@@ -1,0 +1,70 @@
+"""`make soak`: churn around BPF path-manager connections for SOAK_S seconds
+(default 60), on the debug kernel (KASAN, lockdep, kmemleak: the session
+checks the kernel log after the test and scans kmemleak).
+
+Each round, in turn: connections opened and closed, endpoints added and
+removed on both sides (LOCAL_ADDR, ADD_ADDR, RM_ADDR), a link flapped, a
+path manager attached or detached, pm_type switched. Every transfer that
+finishes must be intact; at the end no MPTCP socket may be left.
+"""
+
+import os
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.vm, pytest.mark.topo(links=2, rate_mbit=50)]
+
+SOAK_S = float(os.environ.get("SOAK_S", "60"))
+PMS = ["fullmesh", "ndiffports", "kfunc_probe"]
+
+
+def test_churn_leaves_a_clean_kernel(topo, load_pm, vm, measure):
+    t = topo.spec
+    for side in ("client", "server"):
+        topo.sysctl(side, "net.mptcp.pm_type", 2)
+        topo.limits(side, subflows=8, add_addr_accepted=8)
+    topo.sysctl("server", "net.mptcp.add_addr_timeout", 1)
+    loaded = {}
+    counts = dict(rounds=0, transfers=0, burst=0, endpoint=0, flap=0, attach=0, switch=0)
+    deadline = time.monotonic() + SOAK_S
+    while time.monotonic() < deadline:
+        r = counts["rounds"]
+        counts["rounds"] += 1
+        name = PMS[r % len(PMS)]
+        if name in loaded:
+            loaded.pop(name).unload()
+        else:
+            loaded[name] = load_pm(name)
+        counts["attach"] += 1
+        with topo.transfer(1 << 20, hold=True) as xfer:
+            xfer.wait_progress(0.2)
+            topo.endpoint("client", t.addr("client", 2), "subflow", id=20)
+            topo.endpoint("server", t.addr("server", 2), "signal", id=21)
+            topo.link(2, up=False)
+            topo.link(2, up=True)
+            topo.endpoint_del("client", id=20)
+            topo.endpoint_del("server", id=21)
+            counts["endpoint"] += 4
+            counts["flap"] += 1
+        xfer.result.assert_intact()
+        counts["transfers"] += 1
+        client, server = topo.burst(20, wait=False)
+        assert server["closed"] == 20, server
+        counts["burst"] += 20
+        if r % 3 == 2:
+            for value in (0, 2):
+                topo.sysctl("client", "net.mptcp.pm_type", value)
+            counts["switch"] += 2
+    for pm in loaded.values():
+        pm.unload()
+    for k, v in counts.items():
+        measure(f"soak_{k}", v)
+
+    def left():
+        return "".join(vm.run(f"ip netns exec {ns} ss -HMna").stdout
+                       for ns in (t.client_ns, t.server_ns)).strip()
+    deadline = time.monotonic() + 60 * vm.time_scale
+    while left() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not left(), f"MPTCP sockets left after the soak:\n{left()}"
