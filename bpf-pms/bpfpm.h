@@ -123,6 +123,15 @@ static __always_inline void bpfpm_endp(struct bpf_mptcp_endp *e,
 	e->addr[3] = a->addr[3];
 }
 
+/* Add one to slot `slot` of a u64 array map (a counter). */
+static __always_inline void bpfpm_bump(void *map, __u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(map, &slot);
+
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
 /* config[0]: one u32 knob set by the loader (bpftool map update). */
 #define BPFPM_CONFIG_MAP						\
 struct {								\
@@ -146,13 +155,10 @@ struct {								\
 static __always_inline void bpfpm_count(int ret)			\
 {									\
 	__u32 slot = ret < 0 ? -ret : 0;				\
-	__u64 *v;							\
 									\
 	if (slot >= BPFPM_ERRNO_SLOTS)					\
 		slot = BPFPM_ERRNO_SLOTS - 1;				\
-	v = bpf_map_lookup_elem(&pm_results, &slot);			\
-	if (v)								\
-		__sync_fetch_and_add(v, 1);				\
+	bpfpm_bump(&pm_results, slot);					\
 }
 
 #endif /* __BPFPM_H */

@@ -220,14 +220,6 @@ static void on_local_addr(struct bpf_sock_ops *skops, struct conn *c)
 	}
 }
 
-static __always_inline void bump(__u32 slot)
-{
-	__u64 *v = bpf_map_lookup_elem(&retries, &slot);
-
-	if (v)
-		__sync_fetch_and_add(v, 1);
-}
-
 /* The subflow local -> remote failed before it was established. */
 static void on_failed(struct bpf_sock_ops *skops, struct conn *c,
 		      const struct bpfpm_addr *local, const struct bpfpm_addr *remote)
@@ -254,11 +246,11 @@ static void on_failed(struct bpf_sock_ops *skops, struct conn *c,
 	c->opened[j] &= ~(1 << i);
 	if (c->tries[j][i] >= MAX_TRIES) {
 		c->opened[j] |= 1 << i;		/* given up: leave it */
-		bump(1);
+		bpfpm_bump(&retries, 1);
 		return;
 	}
 	c->tries[j][i]++;
-	bump(0);
+	bpfpm_bump(&retries, 0);
 	mesh(skops, c);
 }
 

@@ -17,11 +17,7 @@ struct {
 SEC("sockops")
 int generic(struct bpf_sock_ops *skops)
 {
-	__u32 zero = 0;
-	__u64 *v = bpf_map_lookup_elem(&seen, &zero);
-
-	if (v)
-		__sync_fetch_and_add(v, 1);
+	bpfpm_bump(&seen, 0);
 	skops->reply = -1;
 	return 1;
 }

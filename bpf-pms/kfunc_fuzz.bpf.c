@@ -26,14 +26,6 @@ struct {
 	__type(value, __u64);
 } totals SEC(".maps");
 
-static __always_inline void bump(__u32 slot)
-{
-	__u64 *v = bpf_map_lookup_elem(&totals, &slot);
-
-	if (v)
-		__sync_fetch_and_add(v, 1);
-}
-
 static __always_inline __u16 pick_family(__u32 r)
 {
 	switch (r % 8) {
@@ -119,7 +111,7 @@ static long one_call(__u32 i, void *data)
 	else
 		ret = bpf_mptcp_close_subflow(skops, &src, &dst);
 	bpfpm_count(ret);
-	bump(0);
+	bpfpm_bump(&totals, 0);
 	return 0;
 }
 
@@ -131,7 +123,7 @@ int fuzz(struct bpf_sock_ops *skops)
 
 	__u64 *calls = bpf_map_lookup_elem(&totals, &zero);
 
-	bump(2);
+	bpfpm_bump(&totals, 2);
 	if (!calls || *calls >= FUZZ_BUDGET)
 		return 1;
 	cfg = bpf_map_lookup_elem(&config, &zero);
@@ -141,7 +133,7 @@ int fuzz(struct bpf_sock_ops *skops)
 	/* rarely: refuse_join from whatever op this is (-EINVAL but JOIN_REQ) */
 	if ((bpf_get_prandom_u32() & 15) == 0) {
 		bpfpm_count(bpf_mptcp_refuse_join(skops));
-		bump(1);
+		bpfpm_bump(&totals, 1);
 	}
 	return 1;
 }

@@ -85,14 +85,6 @@ static bool denied(const struct bpfpm_addr *a)
 	return d.hit;
 }
 
-static __always_inline void decide(__u32 what)
-{
-	__u64 *v = bpf_map_lookup_elem(&decisions, &what);
-
-	if (v)
-		__sync_fetch_and_add(v, 1);
-}
-
 SEC("sockops")
 int policy(struct bpf_sock_ops *skops)
 {
@@ -105,15 +97,15 @@ int policy(struct bpf_sock_ops *skops)
 		bpfpm_sk_addr(skops, false, &remote);
 		if (denied(&local) || denied(&remote)) {
 			bpfpm_count(bpf_mptcp_refuse_join(skops));
-			decide(0);
+			bpfpm_bump(&decisions, 0);
 		} else {
-			decide(1);
+			bpfpm_bump(&decisions, 1);
 		}
 		break;
 	case BPF_SOCK_OPS_MPTCP_ADD_ADDR_CB:
 		bpfpm_event_addr(skops, skops->args[2], false, &remote);
 		if (denied(&remote)) {
-			decide(2);
+			bpfpm_bump(&decisions, 2);
 			break;
 		}
 		bpfpm_endp(&src, NULL);

@@ -84,6 +84,10 @@ class Recorder:
     def events(self) -> list[Event]:
         return decode(self.pm.map("events"))
 
+    def counts(self) -> dict[int, int]:
+        """The counters map: [0] events, [1 + op index] per op."""
+        return {e["key"]: e["value"] for e in self.pm.map("counters")}
+
     def refuse_joins(self) -> None:
         self.pm.update("config", 0, (1).to_bytes(4, "little"))
 

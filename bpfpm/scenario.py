@@ -178,6 +178,17 @@ class Network:
     def endpoints(self, side: str) -> list[dict]:
         return self.guest.call("mptcp.endpoints", ns=self.ns(side))
 
+    def use_bpf_pm(self, *sides: str, subflows: int = 8, add_addr_accepted: int = 8) -> None:
+        """net.mptcp.pm_type=2 and the subflow limits on each of `sides`."""
+        for side in sides:
+            self.sysctl(side, "net.mptcp.pm_type", 2)
+            self.limits(side, subflows=subflows, add_addr_accepted=add_addr_accepted)
+
+    def mptcp_sockets(self) -> str:
+        """`ss -HMna` of both namespaces: the MPTCP sockets still there."""
+        return "".join(self.guest.run(f"ip netns exec {ns} ss -HMna").stdout
+                       for ns in (self.spec.client_ns, self.spec.server_ns)).strip()
+
     def sysctl(self, side: str, key: str, value=None) -> str:
         return self.guest.call("sysctl", ns=self.ns(side), key=key, value=value)
 

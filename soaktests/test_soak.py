@@ -21,9 +21,7 @@ PMS = ["fullmesh", "ndiffports", "kfunc_probe"]
 
 def test_churn_leaves_a_clean_kernel(topo, load_pm, vm, measure):
     t = topo.spec
-    for side in ("client", "server"):
-        topo.sysctl(side, "net.mptcp.pm_type", 2)
-        topo.limits(side, subflows=8, add_addr_accepted=8)
+    topo.use_bpf_pm("client", "server")
     topo.sysctl("server", "net.mptcp.add_addr_timeout", 1)
     loaded = {}
     counts = dict(rounds=0, transfers=0, burst=0, endpoint=0, flap=0, attach=0, switch=0)
@@ -61,10 +59,8 @@ def test_churn_leaves_a_clean_kernel(topo, load_pm, vm, measure):
     for k, v in counts.items():
         measure(f"soak_{k}", v)
 
-    def left():
-        return "".join(vm.run(f"ip netns exec {ns} ss -HMna").stdout
-                       for ns in (t.client_ns, t.server_ns)).strip()
     deadline = time.monotonic() + 60 * vm.time_scale
-    while left() and time.monotonic() < deadline:
+    while topo.mptcp_sockets() and time.monotonic() < deadline:
         time.sleep(1)
-    assert not left(), f"MPTCP sockets left after the soak:\n{left()}"
+    left = topo.mptcp_sockets()
+    assert not left, f"MPTCP sockets left after the soak:\n{left}"

@@ -23,9 +23,7 @@ CALLS = int(os.environ.get("BPFPM_FUZZ_CALLS", "20000"))
 def test_kfuncs_take_random_endpoints_from_every_op(topo, load_pm, vm, measure):
     """Random closes can take a connection's last subflow away: the
     connections here are driven, then killed, never awaited."""
-    for side in ("client", "server"):
-        topo.sysctl(side, "net.mptcp.pm_type", 2)
-        topo.limits(side, subflows=8)
+    topo.use_bpf_pm("client", "server")
     fuzz = load_pm("kfunc_fuzz")
     fuzz.set_config(64)                  # calls per op
 
@@ -56,8 +54,5 @@ def test_kfuncs_take_random_endpoints_from_every_op(topo, load_pm, vm, measure):
     assert got.get(0) and got.get(errno.EINVAL), got
     fuzz.unload()
 
-    def left():
-        return "".join(vm.run(f"ip netns exec {ns} ss -HMna").stdout
-                       for ns in (topo.spec.client_ns, topo.spec.server_ns)).strip()
     # orphaned connections still holding data close within TCP_TIMEWAIT_LEN
-    fuzz.wait(lambda: not left(), timeout=120, what="no MPTCP socket left")
+    fuzz.wait(lambda: not topo.mptcp_sockets(), timeout=120, what="no MPTCP socket left")

@@ -14,15 +14,9 @@ FAMILIES = [pytest.param(4, id="ipv4"), pytest.param(6, id="ipv6")]
 pytestmark = [pytest.mark.vm, pytest.mark.topo(links=2, rate_mbit=50)]
 
 
-def use_bpf_pm(topo, *sides, subflows=8):
-    for side in sides:
-        topo.sysctl(side, "net.mptcp.pm_type", 2)
-        topo.limits(side, subflows=subflows, add_addr_accepted=8)
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_session_created_established_closed_once_each(topo, recorder, family):
-    use_bpf_pm(topo, "client", "server")
+    topo.use_bpf_pm("client", "server")
 
     with topo.transfer(1 * MiB, family=family) as xfer:
         pass
@@ -62,7 +56,7 @@ def test_fallback_after_created_is_the_close_reason(topo, recorder, family):
     back to TCP, and so does the client when the server's replies carry no DSS.
     Each side reports CLOSED once, at the fallback, with the fallback reason,
     and not again when the (now TCP) connection really closes."""
-    use_bpf_pm(topo, "client", "server")
+    topo.use_bpf_pm("client", "server")
     topo.strip_mptcp_option("server", family)
 
     with topo.transfer(1 * MiB, family=family) as xfer:
@@ -89,7 +83,7 @@ def test_fallback_after_created_is_the_close_reason(topo, recorder, family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_subflow_established_and_closed(topo, recorder, load_pm, family):
-    use_bpf_pm(topo, "client", "server")
+    topo.use_bpf_pm("client", "server")
     load_pm("ndiffports")     # N = 2: one extra subflow from the kfunc
 
     with topo.transfer(4 * MiB, family=family) as xfer:
@@ -118,7 +112,7 @@ def test_subflow_established_and_closed(topo, recorder, load_pm, family):
 @pytest.mark.topo(links=2, rate_mbit=8)     # slow enough to act mid-transfer
 @pytest.mark.parametrize("family", FAMILIES)
 def test_add_addr_and_rm_addr_carry_the_address(topo, recorder, family):
-    use_bpf_pm(topo, "client")
+    topo.use_bpf_pm("client")
     topo.limits("server", subflows=8, add_addr_accepted=8)
     announced = topo.spec.addr("server", 2, family)
     topo.endpoint("server", announced, "signal", id=5)
@@ -146,7 +140,7 @@ MPTCP_PM_ADDR_FLAG_SUBFLOW = 2
 def test_endpoint_added_and_removed_while_connected(topo, recorder, family):
     """LOCAL_ADDR comes from the endpoint commands (ip mptcp endpoint), in
     the caller's netns and context, not from interface address changes."""
-    use_bpf_pm(topo, "client")
+    topo.use_bpf_pm("client")
     new = "10.0.2.11" if family == 4 else "fd00:2::11"
 
     with topo.transfer(8 * MiB, family=family, hold=True) as xfer:
@@ -174,7 +168,7 @@ def test_endpoint_added_and_removed_while_connected(topo, recorder, family):
 
 
 def test_join_refused_by_program(topo, recorder, load_pm):
-    use_bpf_pm(topo, "client", "server")
+    topo.use_bpf_pm("client", "server")
     recorder.refuse_joins()
     load_pm("ndiffports")
 
@@ -198,7 +192,7 @@ def test_a_program_writing_reply_on_every_op_changes_nothing(topo, recorder, loa
     """Many sock_ops programs end with ctx->reply = rv on every op. Beside a
     path manager, such a program must not refuse joins (v1 read reply on
     JOIN_REQ): refusing is bpf_mptcp_refuse_join(), which only a PM calls."""
-    use_bpf_pm(topo, "client", "server")
+    topo.use_bpf_pm("client", "server")
     generic = load_pm("generic_sockops")
     load_pm("ndiffports")
 
@@ -218,7 +212,7 @@ def test_several_ids_in_one_rm_addr_with_8_subflows_open(topo, recorder, load_pm
     """The server announces three addresses, then flushes its endpoints: one
     RM_ADDR carries the three ids. Each id is reported once, by ADD_ADDR and
     by RM_ADDR, while the client has 8 subflows open."""
-    use_bpf_pm(topo, "client")
+    topo.use_bpf_pm("client")
     topo.limits("server", subflows=8, add_addr_accepted=8)
     ndiff = load_pm("ndiffports")
     ndiff.set_config(8)

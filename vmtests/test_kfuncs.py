@@ -14,15 +14,11 @@ from bpfpm.events import count
 MiB = 1 << 20
 pytestmark = [pytest.mark.vm, pytest.mark.topo(links=1)]
 
-FROM_CREATED, BAD_FAMILY, FAMILY_MISMATCH, QUEUE_FULL, PLAIN_TCP, NOT_BPF_PM, FALLBACK, \
-    OK, CLOSE_BAD, FROM_TCP_OP, MSK_SETSOCKOPT, MSK_GETSOCKOPT, MSK_CB_FLAGS, TCP_OP_FIELDS, \
-    REFUSE_OUTSIDE_JOIN, CLOSE_ALL, REOPEN = range(17)
-MODE_FLOOD, MODE_BOGUS_SRC, MODE_CLOSE_INITIAL, MODE_SERVER_OPEN, MODE_REOPEN = range(1, 6)
-
-
-def rets(probe) -> dict[int, int]:
-    """case -> errno returned (0 = success); cases never reached are absent."""
-    return {e["key"]: -(e["value"] - 1000) for e in probe.map("rets") if e["value"]}
+from vmtests.kfunc_probe import (
+    BAD_FAMILY, CLOSE_ALL, CLOSE_BAD, FAMILY_MISMATCH, FROM_CREATED, FROM_TCP_OP,
+    MODE_BOGUS_SRC, MODE_CLOSE_INITIAL, MODE_FLOOD, MODE_REOPEN, MODE_SERVER_OPEN,
+    MSK_CB_FLAGS, MSK_GETSOCKOPT, MSK_SETSOCKOPT, NOT_BPF_PM, OK, PLAIN_TCP, QUEUE_FULL,
+    REFUSE_OUTSIDE_JOIN, REOPEN, TCP_OP_FIELDS, rets)
 
 
 # CREATED, ACTIVE_ESTABLISHED and the valid ESTABLISHED request take 3 of
@@ -86,44 +82,33 @@ def test_burst_of_500_connections_all_get_their_subflow(topo, load_pm):
     assert pm.results() == {0: 500}, "every request queued"
 
 
-def test_closing_with_requests_pending_leaves_nothing_behind(topo, load_pm, recorder, vm):
+def test_closing_with_requests_pending_leaves_nothing_behind(topo, load_pm, recorder):
     """Every connection closes while 8 requests are queued on it: each msk must
     still be destroyed (CLOSED fires in mptcp_destroy_common) and none may be
     left. The requests' own memory is checked by kmemleak in the debug kernel
     (make debug-test)."""
-    topo.sysctl("client", "net.mptcp.pm_type", 2)
-    topo.sysctl("server", "net.mptcp.pm_type", 2)
-    for side in ("client", "server"):
-        topo.limits(side, subflows=8)
+    topo.use_bpf_pm("client", "server")
     probe = load_pm("kfunc_probe")
-    probe.set_config(1)                  # MODE_FLOOD: 8 requests per connection
+    probe.set_config(MODE_FLOOD)         # 8 requests per connection
 
     client, server = topo.burst(200, wait=False)     # close right after establishing
     assert server["closed"] == 200
 
-    def counters():
-        return {e["key"]: e["value"] for e in recorder.pm.map("counters")}
+    counters = recorder.counts
     created, closed = 1, 3               # counters[1 + op - CREATED]
     recorder.wait(lambda _: counters()[closed] >= counters()[created] >= 400,
                   timeout=120, what="CLOSED for every CREATED connection")
     assert counters()[closed] == counters()[created] == 400, counters()
     assert probe.results().get(0, 0) >= 200 * 8 / 2, "requests were queued"
-    for ns in (topo.spec.client_ns, topo.spec.server_ns):
-        left = vm.run(f"ip netns exec {ns} ss -HMna").stdout.strip()
-        assert not left, f"MPTCP sockets left in {ns}:\n{left}"
-
-
-def bpf_pm_both(topo, subflows=8):
-    for side in ("client", "server"):
-        topo.sysctl(side, "net.mptcp.pm_type", 2)
-        topo.limits(side, subflows=subflows)
+    left = topo.mptcp_sockets()
+    assert not left, f"MPTCP sockets left:\n{left}"
 
 
 def test_a_failure_in_the_worker_reaches_the_program(topo, load_pm, recorder):
     """A request that fails when served, before any socket exists (here a
     source address the host does not have: bind() fails), is reported as
     OPEN_FAILED with its errno and addresses; its address id is released."""
-    bpf_pm_both(topo)
+    topo.use_bpf_pm("client", "server")
     probe = load_pm("kfunc_probe")
     probe.set_config(MODE_BOGUS_SRC)
 
@@ -144,7 +129,7 @@ def test_reopen_from_sub_closed_at_the_subflow_limit(topo, load_pm, recorder):
     """Limit 1: the program closes its extra subflow and opens another one
     from SUB_CLOSED. SUB_CLOSED comes after the subflow accounting, so the
     new request fits (v1: -ENOSPC)."""
-    bpf_pm_both(topo, subflows=1)
+    topo.use_bpf_pm("client", "server", subflows=1)
     probe = load_pm("kfunc_probe")
     probe.set_config(MODE_REOPEN)
 
@@ -168,7 +153,7 @@ def test_close_the_initial_subflow_by_its_port(topo, load_pm, recorder):
     local address and port, is closed as soon as the second one is
     established (the client waits for it after its first 64 KiB), and the
     second one carries the rest of the data."""
-    bpf_pm_both(topo)
+    topo.use_bpf_pm("client", "server")
     probe = load_pm("kfunc_probe")
     probe.set_config(MODE_CLOSE_INITIAL)
 
@@ -192,7 +177,7 @@ def test_the_server_side_opens_a_subflow(topo, load_pm, recorder, vm):
     accepted (here on LOCAL_ADDR: an endpoint added on the server): the
     join leaves the server. The client has no listener on its port, so it
     is reset: SUB_CLOSED, never established, on the server."""
-    bpf_pm_both(topo)
+    topo.use_bpf_pm("client", "server")
     probe = load_pm("kfunc_probe")
     probe.set_config(MODE_SERVER_OPEN)
 

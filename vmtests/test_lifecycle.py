@@ -7,15 +7,10 @@ import pytest
 
 from bpfpm.events import by_token, count
 from bpfpm.topology import TopoSpec
+from vmtests.kfunc_probe import FROM_CREATED, MODE_BOGUS_SRC, MODE_FLOOD, rets
 
 MiB = 1 << 20
 pytestmark = [pytest.mark.vm]
-
-
-def bpf_pm(net, *sides, subflows=8):
-    for side in sides:
-        net.sysctl(side, "net.mptcp.pm_type", 2)
-        net.limits(side, subflows=subflows)
 
 
 def test_an_endpoint_flood_in_one_netns_costs_another_no_local_addr(network, recorder, vm):
@@ -27,8 +22,8 @@ def test_an_endpoint_flood_in_one_netns_costs_another_no_local_addr(network, rec
                                 server_ns="bpfpm-a-srv"))
     b = network(TopoSpec.simple(1, rate_mbit=20, client_ns="bpfpm-b-cli",
                                 server_ns="bpfpm-b-srv"))
-    bpf_pm(a, "client")
-    bpf_pm(b, "client")
+    a.use_bpf_pm("client")
+    b.use_bpf_pm("client")
     cycles = 200
     flood = (f"for i in $(seq {cycles}); do ip mptcp endpoint add 10.0.1.1 id 50 && "
              "ip mptcp endpoint del id 50; done")
@@ -58,7 +53,7 @@ def test_an_endpoint_flood_in_one_netns_costs_another_no_local_addr(network, rec
 def test_pm_type_switched_2_0_2_with_live_connections(topo, load_pm, recorder):
     """pm_type is read when a connection is created: switching it leaves the
     live ones alone, and the next ones get the new path manager."""
-    bpf_pm(topo, "client", "server")
+    topo.use_bpf_pm("client", "server")
     load_pm("ndiffports")
 
     with topo.transfer(4 * MiB, hold=True, subflows=2) as first:
@@ -85,7 +80,7 @@ def test_pm_type_switched_2_0_2_with_live_connections(topo, load_pm, recorder):
 def test_a_pm_detached_then_replaced_mid_connection(topo, load_pm):
     """Detaching the PM leaves its subflows working; the program loaded in
     its place acts on the same live connection from its next event."""
-    bpf_pm(topo, "client", "server")
+    topo.use_bpf_pm("client", "server")
     ndiff = load_pm("ndiffports")
     ndiff.set_config(3)
 
@@ -93,7 +88,7 @@ def test_a_pm_detached_then_replaced_mid_connection(topo, load_pm):
         xfer.wait_progress(0.2)
         ndiff.unload()
         probe = load_pm("kfunc_probe")
-        probe.set_config(2)             # MODE_BOGUS_SRC: only acts on ESTABLISHED
+        probe.set_config(MODE_BOGUS_SRC)    # only acts on ESTABLISHED
         with topo.transfer(1 * MiB) as after:
             pass
     xfer.result.assert_intact()
@@ -108,7 +103,7 @@ def test_fallback_with_requests_queued(topo, load_pm, recorder):
     """A request queued at CREATED (before full establishment) is still
     pending when the connection falls back to TCP: it is dropped, nothing is
     opened, and CLOSED(fallback) is the program's last event."""
-    bpf_pm(topo, "client")
+    topo.use_bpf_pm("client")
     topo.limits("server", subflows=8)
     probe = load_pm("kfunc_probe")      # MODE_ERRNOS: one request at CREATED
     topo.strip_mptcp_option("server")
@@ -124,8 +119,7 @@ def test_fallback_with_requests_queued(topo, load_pm, recorder):
     assert ev["CLOSED"][-1].args[0] == 1
     assert ev["CLOSED"][-1].seq == max(e.seq for e in evs if e.loc_token == ctok)
     assert not ev.get("SUB_ESTABLISHED") and not ev.get("OPEN_FAILED")
-    got = {e["key"]: e["value"] - 1000 for e in probe.map("rets") if e["value"]}
-    assert got[0] == 0, "the CREATED request was not queued"
+    assert rets(probe)[FROM_CREATED] == 0, "the CREATED request was not queued"
 
 
 def test_a_netns_deleted_with_requests_and_events_queued(network, load_pm, recorder, vm):
@@ -133,12 +127,11 @@ def test_a_netns_deleted_with_requests_and_events_queued(network, load_pm, recor
     deleted under them: every connection reports CLOSED, the requests are
     dropped (kmemleak in make debug-test), the kernel stays clean."""
     net = network(TopoSpec.simple(1, client_ns="bpfpm-gone-cli", server_ns="bpfpm-gone-srv"))
-    bpf_pm(net, "client", "server")
+    net.use_bpf_pm("client", "server")
     probe = load_pm("kfunc_probe")
-    probe.set_config(1)                 # MODE_FLOOD
+    probe.set_config(MODE_FLOOD)
 
-    def counters():
-        return {e["key"]: e["value"] for e in recorder.pm.map("counters")}
+    counters = recorder.counts
     created, closed = 1, 3              # counters[1 + op - CREATED]
     before = counters()
     srv, cli = net.burst_start(200, subflows=2)
@@ -160,7 +153,7 @@ def test_disconnect_with_requests_pending_then_reconnect(topo, load_pm, recorder
     disconnects (connect(AF_UNSPEC)) before they are served: they are
     dropped with the first connection. The reused socket is a new
     connection: CREATED again, and its own requests open its subflows."""
-    bpf_pm(topo, "client", "server")
+    topo.use_bpf_pm("client", "server")
     probe = load_pm("kfunc_probe")      # MODE_ERRNOS: requests from CREATED on
 
     with topo.transfer(2 * MiB, reconnect=True, subflows=2) as xfer:
@@ -176,5 +169,4 @@ def test_disconnect_with_requests_pending_then_reconnect(topo, load_pm, recorder
     assert [e.op for e in evs if e.loc_token == first] == ["CREATED", "CLOSED"], \
         "the first connection did more than be created and closed"
     assert len(res.subflows) >= 2, f"the reused socket opened no subflow:\n{res.table()}"
-    got = {e["key"]: e["value"] - 1000 for e in probe.map("rets") if e["value"]}
-    assert got[0] == 0, "no request was queued at CREATED"
+    assert rets(probe)[FROM_CREATED] == 0, "no request was queued at CREATED"
