@@ -190,6 +190,8 @@ def parser() -> argparse.ArgumentParser:
     ks.add_argument("--scripts", nargs="+", metavar="SCRIPT",
                     help="selftest scripts, each optionally with its arguments, e.g. "
                     "'mptcp_join.sh -f -s' (default: " + " ".join(KSELFTEST_DEFAULT) + ")")
+    ks.add_argument("--parallel", action="store_true",
+                    help="run both kernels at once, one vCPU each (same host load on both)")
     ks.set_defaults(fn=cmd_kselftest)
 
     ca = sub.add_parser("cache", help="show what the build cache holds; prune old kernels")

@@ -10,6 +10,7 @@ status is 1 when the patched kernel fails anything the unpatched one passes.
 
 from __future__ import annotations
 
+import concurrent.futures
 import re
 import shlex
 import subprocess
@@ -81,13 +82,19 @@ def _file(script: str) -> str:
     return re.sub(r"[^\w.-]+", "_", script)
 
 
-def run_variant(patched: bool, scripts: list[str], run: Path) -> dict[str, dict]:
-    from . import build, session
+def prepare(patched: bool) -> tuple[KernelBuild, Path]:
+    from . import build
     label = "patched" if patched else "unpatched"
     kb = build.build(patched=patched)
-    inst = install(kb, label) / "net" / "mptcp"
+    return kb, install(kb, label) / "net" / "mptcp"
+
+
+def run_variant(patched: bool, scripts: list[str], run: Path, cpus: int = 2) -> dict[str, dict]:
+    from . import session
+    label = "patched" if patched else "unpatched"
+    kb, inst = prepare(patched)
     out: dict[str, dict] = {}
-    with session.boot(kb, run, name=f"kselftest-{label}", memory="2G") as vm:
+    with session.boot(kb, run, name=f"kselftest-{label}", memory="2G", cpus=cpus) as vm:
         for s in scripts:
             t0 = time.monotonic()
             log.step(f"[{label}] {s} ...")
@@ -133,8 +140,18 @@ def main(a) -> int:
 
 def _main(a, run) -> int:
     scripts = a.scripts or DEFAULT
-    plain = run_variant(False, scripts, run)
-    patched = run_variant(True, scripts, run)
+    if a.parallel:
+        # both kernels built first (one build at a time), then two one-vCPU
+        # guests side by side: each script's wall time roughly halves, and
+        # both kernels see the same host load
+        prepare(False)
+        prepare(True)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            jobs = [pool.submit(run_variant, p, scripts, run, 1) for p in (False, True)]
+            plain, patched = (j.result() for j in jobs)
+    else:
+        plain = run_variant(False, scripts, run)
+        patched = run_variant(True, scripts, run)
     w = max(24, *(len(s) for s in scripts))
     print(f"\n{'script':{w}} {'unpatched':>14} {'patched':>14}   (verdict, subtests passed)")
     for s in scripts:

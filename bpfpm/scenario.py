@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 
@@ -189,6 +190,17 @@ class Network:
         return "".join(self.guest.run(f"ip netns exec {ns} ss -HMna").stdout
                        for ns in (self.spec.client_ns, self.spec.server_ns)).strip()
 
+    def counters(self, side: str) -> dict[str, int]:
+        """The side's SNMP and MIB counters, by nstat name (MPTcpExtAddAddr, ...)."""
+        return self.guest.call("counters", ns=self.ns(side))
+
+    def wait_counter(self, side: str, name: str, at_least: int, timeout: float = 30) -> int:
+        """Wait until counter `name` of `side` reaches `at_least`; its value."""
+        return poll(lambda: (v := self.counters(side).get(name, 0)) >= at_least and v,
+                    timeout, 0.1,
+                    lambda t: f"{side} {name} stayed below {at_least} for {t:.0f}s "
+                              f"(now {self.counters(side).get(name)})", self.scale)
+
     def sysctl(self, side: str, key: str, value=None) -> str:
         return self.guest.call("sysctl", ns=self.ns(side), key=key, value=value)
 
@@ -211,6 +223,16 @@ class Network:
         self.guest.call("topo.strip_tcp_option", ns=self.ns(side), family=family,
                         kind=30, min_len=200)
 
+    @contextlib.contextmanager
+    def inbound_tcp_lost(self, side: str, family: int = 4):
+        """For the block, every TCP segment arriving at `side` is lost (its
+        own segments still leave): e.g. the echoes of its ADD_ADDRs."""
+        self.guest.call("topo.drop_tcp_input", ns=self.ns(side), family=family, on=True)
+        try:
+            yield
+        finally:
+            self.guest.call("topo.drop_tcp_input", ns=self.ns(side), family=family, on=False)
+
     # -- traffic -----------------------------------------------------------
     def transfer(self, nbytes: int = 8 << 20, family: int = 4, link: int = 1,
                  server_proto: str = "mptcp", client_proto: str = "mptcp",
@@ -231,6 +253,14 @@ class Network:
                         seed if seed is not None else port, hold, subflows, reconnect)
         self.transfers.append(xfer)
         return xfer
+
+    def abort_before_accept(self, family: int = 4) -> dict:
+        """A connection the client aborts (SO_LINGER 0) while it waits in the
+        server's accept queue, accepted after the reset: both tokens."""
+        return self.guest.call("mptcp.abort_before_accept", server_ns=self.spec.server_ns,
+                               client_ns=self.spec.client_ns, port=next(_ports),
+                               addr=self.spec.addr("server", 1, family), family=family,
+                               timeout=30 * self.scale)
 
     def burst(self, count: int, subflows: int = 2, wait: bool = True,
               timeout: float = 600) -> tuple[dict, dict]:

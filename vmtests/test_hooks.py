@@ -235,3 +235,50 @@ def test_several_ids_in_one_rm_addr_with_8_subflows_open(topo, recorder, load_pm
     assert sorted(e.args[0] for e in ev["ADD_ADDR"]) == [5, 6, 7], ev["ADD_ADDR"]
     assert {e.args[0]: e.addr() for e in ev["ADD_ADDR"]} == announced
     assert sorted(e.args[0] for e in ev["RM_ADDR"]) == [5, 6, 7], ev["RM_ADDR"]
+
+
+@pytest.mark.topo(links=2, rate_mbit=20)
+def test_an_add_addr_sent_again_is_reported_once(topo, recorder):
+    """The server sends its ADD_ADDR again while no echo comes back (every
+    add_addr_timeout, up to three times). The client receives it at least
+    twice; its PM hears of the address once (v1 ran the program per copy)."""
+    topo.use_bpf_pm("client")
+    topo.limits("server", subflows=8, add_addr_accepted=8)
+    topo.sysctl("server", "net.mptcp.add_addr_timeout", 1)
+
+    with topo.transfer(1 * MiB, hold=True) as xfer:
+        xfer.wait_progress(1.0)
+        before = topo.counters("client")["MPTcpExtAddAddr"]
+        with topo.inbound_tcp_lost("server"):       # the client's echoes are lost
+            topo.endpoint("server", topo.spec.addr("server", 2), "signal", id=5)
+            got = topo.wait_counter("client", "MPTcpExtAddAddr", before + 2)
+    xfer.result.assert_intact()
+    ctok = xfer.result.client["conn"]["token"]
+    ev = by_token(recorder.events(), ctok)
+    assert [e.args[0] for e in ev["ADD_ADDR"]] == [5], \
+        f"{got - before} copies received, ADD_ADDR events: {ev['ADD_ADDR']}"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_initial_subflow_reset_before_accept_is_reported_at_accept(topo, recorder, family):
+    """The client aborts (SO_LINGER 0: MP_FASTCLOSE) while the connection
+    waits in the server's accept queue. The server's initial subflow is
+    closed there (by the msk worker, its context reset), and accept() finds
+    it closed. The server's PM hears SUB_CLOSED for it once, then CLOSED,
+    under the connection's token although the fastclose destroyed
+    msk->token (MPTCP_INFO reads 0). The first v2 cut reported it twice,
+    the second time with a blank subflow, and under token 0."""
+    topo.use_bpf_pm("client", "server")
+
+    r = topo.abort_before_accept(family=family)
+    ctok = r["client_token"]
+    evs = recorder.wait(lambda evs: any(e.op == "CLOSED" and e.rem_token == ctok for e in evs),
+                        what="CLOSED on the server")
+    (created,) = [e for e in evs if e.op == "CREATED" and e.rem_token == ctok]
+    srv = by_token(evs, created.loc_token)
+    assert created.loc_token != "00000000"
+    assert all(e.loc_token == created.loc_token for e in evs if e.rem_token == ctok), srv
+    assert [e.op for e in evs if e.rem_token == ctok] == \
+        ["CREATED", "ESTABLISHED", "SUB_CLOSED", "CLOSED"], srv
+    sub = srv["SUB_CLOSED"][0]
+    assert sub.subflow_id == 1 and sub.is_fullsock, sub

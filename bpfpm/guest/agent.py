@@ -182,6 +182,10 @@ def op_topo_strip_tcp_option(ns: str, family: int, kind: int, min_len: int) -> N
     netns.strip_tcp_option(ns, family, kind, min_len)
 
 
+def op_topo_drop_tcp_input(ns: str, family: int, on: bool) -> None:
+    netns.drop_tcp_input(ns, family, on)
+
+
 def op_sysctl(ns: str, key: str, value=None) -> str:
     return netns.sysctl(ns, key, None if value is None else str(value))
 
@@ -204,6 +208,14 @@ def op_mptcp_endpoint_flush(ns: str) -> None:
 
 def op_mptcp_endpoints(ns: str) -> list:
     return mptcp.endpoints(ns)
+
+
+def op_mptcp_abort_before_accept(**kw) -> dict:
+    return mptcp.abort_before_accept(**kw)
+
+
+def op_counters(ns: str) -> dict:
+    return netns.counters(ns)
 
 
 def op_monitor_start(ns: str) -> int:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
+import time
 
 from pyroute2 import MPTCP
 
-from .netns import inside
+from . import mptcpinfo
+from .netns import counters, inside
 
 FLAGS = {"signal": 0x1, "subflow": 0x2, "backup": 0x4, "fullmesh": 0x8}
 
@@ -112,3 +115,38 @@ def listener_probe(ns: str) -> int:
         s.bind(("127.0.0.1", 0))
         s.listen(1)
         return s.getsockname()[1]
+
+
+def abort_before_accept(server_ns: str, client_ns: str, addr: str, port: int,
+                        family: int = 4, timeout: float = 30) -> dict:
+    """An MPTCP connection that the client aborts (SO_LINGER 0: MP_FASTCLOSE
+    and RST) while it waits in the server's accept queue; the server accepts
+    it once the reset has closed the initial subflow. Returns both tokens."""
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    with inside(server_ns):
+        lsn = socket.socket(af, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
+    with inside(client_ns):
+        cli = socket.socket(af, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
+    with lsn, cli:
+        lsn.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lsn.bind((addr, port))
+        lsn.listen(1)
+        resets = counters(server_ns)["TcpEstabResets"]
+        cli.connect((addr, port))
+        cli.sendall(b"x" * 1000)    # the server's side gets past MP_CAPABLE
+        client = mptcpinfo.connection(cli)
+        if client["fallback"]:
+            raise RuntimeError(f"the connection fell back to TCP: {client}")
+        cli.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        cli.close()
+        deadline = time.monotonic() + timeout
+        while counters(server_ns)["TcpEstabResets"] == resets:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the client's reset did not reach {server_ns} "
+                                   f"within {timeout:.0f}s (TcpEstabResets unchanged)")
+            time.sleep(0.05)
+        conn, _ = lsn.accept()
+        with conn:
+            server = mptcpinfo.connection(conn)
+    return {"client_token": client["token"], "server_token": server.get("token"),
+            "server": server}

@@ -40,6 +40,22 @@ def sysctl(ns: str, key: str, value: str | None = None) -> str:
             return f.read().strip()
 
 
+def counters(ns: str) -> dict[str, int]:
+    """The netns's SNMP and extended counters (what `nstat -az` shows),
+    named as nstat names them: TcpEstabResets, MPTcpExtAddAddr, ..."""
+    out: dict[str, int] = {}
+    with inside(ns):
+        for name in ("snmp", "netstat"):
+            # thread-self: this thread's netns; /proc/self/net is the leader's
+            with open(f"/proc/thread-self/net/{name}") as f:
+                lines = f.read().splitlines()
+            for head, vals in zip(lines[::2], lines[1::2]):
+                prefix, *keys = head.split()
+                for k, v in zip(keys, vals.split()[1:]):
+                    out[prefix.rstrip(":") + k] = int(v)
+    return out
+
+
 def _remove_ns(name: str) -> None:
     try:
         netns.remove(name)
@@ -128,6 +144,17 @@ def strip_tcp_option(ns: str, family: int, kind: int, min_len: int) -> None:
     argv = ["ip", "netns", "exec", ns, tool, "-w", "-t", "mangle", "-A", "PREROUTING",
             "-p", "tcp", "-m", "length", "--length", f"{min_len}:65535",
             "-j", "TCPOPTSTRIP", "--strip-options", str(kind)]
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
+
+
+def drop_tcp_input(ns: str, family: int, on: bool) -> None:
+    """Drop (on) or stop dropping (off) every TCP segment arriving in `ns`:
+    a link that loses one direction only. Goes away with the netns."""
+    tool = "iptables-legacy" if family == 4 else "ip6tables-legacy"
+    argv = ["ip", "netns", "exec", ns, tool, "-w", "-I" if on else "-D", "INPUT",
+            "-p", "tcp", "-j", "DROP"]
     r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
