@@ -25,7 +25,7 @@ help:
 	@echo "make debug-test       BPF PM scenarios on the debug kernel (KASAN, lockdep, kmemleak; long)"
 	@echo "make fuzz             100000 random kfunc calls from every op, debug kernel (FUZZ_CALLS=N)"
 	@echo "make soak             churn for SOAK_S seconds (default 60) on the debug kernel"
-	@echo "make kselftest        upstream MPTCP selftests, unpatched vs patched (long)"
+	@echo "make kselftest        upstream MPTCP + BPF selftests, unpatched vs patched (long)"
 	@echo "make bisect GOOD=.. BAD=.. T='pytest args' [APPLY_SERIES=1] [RUNS=N]   git bisect run over KERNEL_SRC"
 	@echo "make bisect-demo      bisect an injected regression in a demo tree, check the verdict (long)"
 	@echo "make cache [ARGS=prune]  what the kernel cache holds; prune old kernels"

@@ -1,4 +1,4 @@
-"""Host quirks, probed once: acceleration; process state.
+"""Host quirks, probed once: acceleration; process state; Debian packages.
 
 KVM is used only when it can really run a guest. On nested hosts /dev/kvm
 can exist while the CPU shows no vmx/svm flag: QEMU's `-cpu host` then
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import subprocess
 
 from . import log
 from .errors import BpfpmError
@@ -55,3 +56,27 @@ def pid_running(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def missing_packages(pkgs: list[str]) -> list[str]:
+    r = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *pkgs],
+                       capture_output=True, text=True)
+    installed = {ln.split()[0] for ln in r.stdout.splitlines() if ln.endswith(" installed")}
+    return [p for p in pkgs if p not in installed]
+
+
+def ensure_packages(pkgs: list[str], why: str) -> None:
+    """Install the Debian packages of `pkgs` that are missing (from the
+    host's own apt sources), for `why`; an error saying so if that fails."""
+    missing = missing_packages(pkgs)
+    if not missing:
+        return
+    log.step(f"installing {' '.join(missing)} for {why}")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for argv in ([*sudo, "apt-get", "update", "-q"],
+                 [*sudo, "apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]):
+        r = subprocess.run(argv, capture_output=True, text=True, env=env)
+        if r.returncode:
+            raise BpfpmError(f"{' '.join(argv)} failed ({r.returncode}), needed for {why}:\n"
+                             f"{r.stderr.strip()[-2000:]}")

@@ -1,8 +1,10 @@
-"""`make kselftest`: upstream MPTCP selftests, unpatched vs patched kernel.
+"""`make kselftest`: upstream MPTCP and BPF selftests, unpatched vs patched kernel.
 
 Both kernels come from the same source; the selftests are built from that
 source (kselftest `install`) against the build's exported headers and run
-in the guest, each script under `timeout`. A script may carry arguments
+in the guest, each script under `timeout`. "test_progs" is the subset of
+selftests/bpf in BPF_TESTS, built per kernel against its vmlinux (from the
+pristine source plus, for the patched kernel, the series' tools/ hunks). A script may carry arguments
 ("mptcp_join.sh -f -s": only those groups). Results are compared script by
 script and, from the scripts' own TAP output, subtest by subtest. The exit
 status is 1 when the patched kernel fails anything the unpatched one passes.
@@ -11,7 +13,9 @@ status is 1 when the patched kernel fails anything the unpatched one passes.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import re
+import shutil
 import shlex
 import subprocess
 import time
@@ -25,11 +29,23 @@ from .paths import cache_dir
 if TYPE_CHECKING:
     from .build import KernelBuild
 
+# The BPF selftests that cover what the series touches: sock_ops programs
+# (ops, fields, reply, helpers), MPTCP from BPF, the dumped struct
+# bpf_sock_ops and the verifier's context checks. Built as a subset of
+# selftests/bpf (the whole of test_progs is ~900 programs), with clang-19.
+# Not here: setget_sockopt and verifier_sock, which cannot load on the guest
+# config (an LSM program: CONFIG_BPF_LSM; an XSKMAP: CONFIG_XDP_SOCKETS).
+BPF_TESTS = ["mptcp", "tcpbpf_user", "tcp_hdr_options", "tcp_rtt", "socket_cookie",
+             "netns_cookie", "cgrp_local_storage", "btf_dump", "ctx_rewrite", "verifier_ctx"]
+BPF_LLVM = "19"
+BPF_PACKAGES = [f"clang-{BPF_LLVM}", f"llvm-{BPF_LLVM}", "libelf-dev", "zlib1g-dev"]
+TEST_PROGS = "test_progs"
+
 # Scripts run by default, fastest first. mptcp_join.sh (~170 subtests) and
 # simult_flows.sh take well over an hour each under TCG; name them (or some
 # mptcp_join.sh groups, e.g. "mptcp_join.sh -f -s -r") with --scripts.
 DEFAULT = ["pm_netlink.sh", "diag.sh", "mptcp_sockopt.sh", "userspace_pm.sh",
-           "mptcp_connect.sh"]
+           "mptcp_connect.sh", TEST_PROGS]
 SCRIPT_TIMEOUT = 5400
 KSFT_SKIP = 4
 # the scripts' own TAP lines: "ok 3 - mptcp_join: single subflow # time=..."
@@ -58,6 +74,104 @@ def install(kb: KernelBuild, label: str) -> Path:
     return out
 
 
+def _tools_hunks(patch: Path) -> str:
+    """The parts of a patch that touch tools/ (selftests, the UAPI copy)."""
+    parts = re.split(r"(?m)^(?=diff --git )", patch.read_text())
+    return "".join(p for p in parts[1:] if p.startswith("diff --git a/tools/"))
+
+
+def _bpf_subset_source(src: Path, series: list[Path], dst: Path) -> Path:
+    """selftests/bpf of `src` (+ the series' tools/ hunks) reduced to
+    BPF_TESTS, in a scratch tree: tools/ and kernel/bpf/ copied, the rest
+    linked read-only to the pristine source."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    for d in ("tools", "kernel/bpf"):
+        (dst / d).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(src / d, dst / d, symlinks=True)
+    for d in ("include", "scripts", "arch", "Makefile"):
+        (dst / d).symlink_to(src / d)
+    for p in series:
+        hunks = _tools_hunks(p)
+        if hunks:
+            r = subprocess.run(["patch", "-p1", "--forward", "-d", str(dst)], input=hunks,
+                               text=True, capture_output=True)
+            if r.returncode:
+                raise BpfpmError(f"{p.name}: its tools/ part does not apply:\n{r.stdout}")
+    sel = dst / "tools/testing/selftests/bpf"
+    tests = {t for t in BPF_TESTS if not t.startswith("verifier_")}
+    verifier = [t for t in BPF_TESTS if t.startswith("verifier_")]
+    keep_progs = set(verifier)
+    for f in (sel / "prog_tests").glob("*.c"):
+        name = f.stem
+        if name in tests:
+            text = f.read_text()
+            keep_progs.update(re.findall(r'#include "(\w+)\.(?:l?skel)\.h"', text))
+            keep_progs.update(re.findall(r'"(\w+)\.bpf\.o"', text))
+            keep_progs.update(re.findall(r'"(btf_dump_test_case_\w+)"', text))
+        elif name != "verifier" or not verifier:
+            f.unlink()
+    if verifier:
+        _prune_verifier(sel / "prog_tests/verifier.c", verifier)
+    for f in (sel / "progs").glob("*.c"):
+        if f.stem not in keep_progs:
+            f.unlink()
+    return sel
+
+
+def _prune_verifier(path: Path, keep: list[str]) -> None:
+    """prog_tests/verifier.c with only the RUN() lines of `keep`."""
+    out = []
+    head = True
+    for line in path.read_text().splitlines():
+        m = re.match(r'#include "(verifier_\w+)\.skel\.h"', line)
+        if m and m.group(1) not in keep:
+            continue
+        if head:
+            out.append(line)
+            head = not line.startswith("#define RUN(")
+            continue
+        m = re.match(r"void test_(verifier_\w+)\(void\)\s*\{ RUN\((\w+)\); \}$", line)
+        if m and m.group(2) in keep:
+            out.append(line)
+    path.unlink()               # a fresh file, never written through a link
+    path.write_text("\n".join(out) + "\n")
+
+
+def install_bpf(kb: KernelBuild, patched: bool) -> Path:
+    """test_progs with BPF_TESTS, built for kernel `kb` (cached per kernel)."""
+    from . import build, host, patches, source
+    out = cache_dir() / "kselftest" / f"bpf-{kb.key}"
+    binary = out / "out" / TEST_PROGS
+    stamp = out / ("built-" + re.sub(r"\W", "_", ",".join(BPF_TESTS)))
+    if binary.exists() and stamp.exists():
+        return binary.parent
+    host.ensure_packages(BPF_PACKAGES, why="building the BPF selftests")
+    logf = out.parent / f"bpf-{kb.key}.log"
+    sel = _bpf_subset_source(source.resolve().path, patches.series() if patched else [],
+                             out / "src")
+    llvm = BPF_LLVM
+    argv = ["make", "-C", str(sel), f"OUTPUT={out / 'out'}", f"VMLINUX_BTF={kb.vmlinux}",
+            f"CLANG=clang-{llvm}", f"LLC=llc-{llvm}", f"LLVM_STRIP=llvm-strip-{llvm}",
+            f"LLVM_OBJCOPY=llvm-objcopy-{llvm}", f"BPFTOOL_LLVM=", "LSKELS=", "LSKELS_EXTRA=",
+            "LINKED_SKELS=", "TRUNNER_EXTRA_FILES=" + " ".join(
+                str(p.relative_to(sel)) for p in sorted((sel / "progs").glob("btf_dump_test_case_*.c"))),
+            f"-j{os.cpu_count() or 1}", str(binary)]
+    (out / "out").mkdir(exist_ok=True)
+    log.step(f"building test_progs ({len(BPF_TESTS)} tests) for {kb.key}; log {logf}")
+    t0 = time.monotonic()
+    with open(logf, "w") as f:
+        f.write(f"$ {shlex.join(argv)}\n")
+        f.flush()
+        r = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=build.make_env())
+    if r.returncode:
+        raise BpfpmError(f"building the BPF selftests failed; see {logf}")
+    stamp.touch()
+    log.step(f"test_progs built in {time.monotonic() - t0:.0f}s")
+    return binary.parent
+
+
 def subtests(tap: str) -> dict[str, str]:
     """name -> pass/fail/skip, from a script's TAP output (repeats numbered)."""
     out: dict[str, str] = {}
@@ -74,6 +188,16 @@ def subtests(tap: str) -> dict[str, str]:
     return out
 
 
+_TEST_PROGS_LINE = re.compile(r"^#\d+(?:/\d+)?\s+(\S.*?):(OK|FAIL|SKIP)\b")
+
+
+def test_progs_results(out: str) -> dict[str, str]:
+    """name -> pass/fail/skip from test_progs' "#12/3 mptcp/base:OK" lines."""
+    verdicts = {"OK": "pass", "FAIL": "fail", "SKIP": "skip"}
+    return {m.group(1): verdicts[m.group(2)]
+            for m in map(_TEST_PROGS_LINE.match, out.splitlines()) if m}
+
+
 def _verdict(rc: int) -> str:
     return {0: "pass", KSFT_SKIP: "skip", 124: "timeout"}.get(rc, "fail")
 
@@ -82,27 +206,40 @@ def _file(script: str) -> str:
     return re.sub(r"[^\w.-]+", "_", script)
 
 
-def prepare(patched: bool) -> tuple[KernelBuild, Path]:
+def prepare(patched: bool, scripts: list[str]) -> tuple[KernelBuild, Path, Path | None]:
+    """The kernel, the installed MPTCP selftests, test_progs (if asked for)."""
     from . import build
     label = "patched" if patched else "unpatched"
     kb = build.build(patched=patched)
-    return kb, install(kb, label) / "net" / "mptcp"
+    bpf = install_bpf(kb, patched) if any(_is_bpf(s) for s in scripts) else None
+    return kb, install(kb, label) / "net" / "mptcp", bpf
+
+
+def _is_bpf(script: str) -> bool:
+    return script.split()[0] == TEST_PROGS
+
+
+def _command(script: str, mptcp: Path, bpf: Path | None) -> str:
+    if _is_bpf(script):
+        args = script.split()[1:] or ["-t", ",".join(BPF_TESTS)]
+        return f"cd {shlex.quote(str(bpf))} && timeout {SCRIPT_TIMEOUT} ./{TEST_PROGS} " \
+               + " ".join(shlex.quote(a) for a in args)
+    return f"cd {shlex.quote(str(mptcp))} && timeout {SCRIPT_TIMEOUT} ./{script}"
 
 
 def run_variant(patched: bool, scripts: list[str], run: Path, cpus: int = 2) -> dict[str, dict]:
     from . import session
     label = "patched" if patched else "unpatched"
-    kb, inst = prepare(patched)
+    kb, inst, bpf = prepare(patched, scripts)
     out: dict[str, dict] = {}
     with session.boot(kb, run, name=f"kselftest-{label}", memory="2G", cpus=cpus) as vm:
         for s in scripts:
             t0 = time.monotonic()
             log.step(f"[{label}] {s} ...")
-            res = vm.run(f"cd {shlex.quote(str(inst))} && timeout {SCRIPT_TIMEOUT} ./{s}",
-                         timeout=SCRIPT_TIMEOUT + 120, check=False)
+            res = vm.run(_command(s, inst, bpf), timeout=SCRIPT_TIMEOUT + 120, check=False)
             tap = res.stdout + res.stderr
             (run / f"{label}-{_file(s)}.log").write_text(tap)
-            sub = subtests(res.stdout)
+            sub = (test_progs_results if _is_bpf(s) else subtests)(res.stdout)
             out[s] = {"verdict": _verdict(res.rc), "rc": res.rc,
                       "seconds": round(time.monotonic() - t0), "subtests": sub}
             fails = [k for k, v in sub.items() if v == "fail"]
@@ -144,8 +281,8 @@ def _main(a, run) -> int:
         # both kernels built first (one build at a time), then two one-vCPU
         # guests side by side: each script's wall time roughly halves, and
         # both kernels see the same host load
-        prepare(False)
-        prepare(True)
+        prepare(False, scripts)
+        prepare(True, scripts)
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             jobs = [pool.submit(run_variant, p, scripts, run, 1) for p in (False, True)]
             plain, patched = (j.result() for j in jobs)

@@ -40,3 +40,50 @@ def test_script_verdict_and_missing_subtests_count():
     assert compare({"d": result("pass")}, {"d": result("timeout")}) == ["d: timeout"]
     assert compare({"j": result("fail", JOIN)}, {"j": result("fail", "")})[0] == \
         "j: mptcp_join: no JOIN: missing"
+
+
+TEST_PROGS = """\
+test_setget_sockopt:FAIL:load skel unexpected error: -3 (errno 3)
+#5       setget_sockopt:FAIL
+#10/1    verifier_ctx/context stores via BPF_ATOMIC:OK
+#10/2    verifier_ctx/context stores via BPF_ATOMIC @unpriv:SKIP
+#10      verifier_ctx:OK (SKIP: 1/24)
+#1/14    btf_dump/btf_dump: struct_data:FAIL
+Summary: 9/67 PASSED, 25 SKIPPED, 2 FAILED
+"""
+
+
+def test_test_progs_lines_are_read_per_test_and_subtest():
+    from bpfpm.kselftest import test_progs_results
+    assert test_progs_results(TEST_PROGS) == {
+        "setget_sockopt": "fail",
+        "verifier_ctx/context stores via BPF_ATOMIC": "pass",
+        "verifier_ctx/context stores via BPF_ATOMIC @unpriv": "skip",
+        "verifier_ctx": "pass",
+        "btf_dump/btf_dump: struct_data": "fail",
+    }
+
+
+def test_verifier_runner_pruned_to_the_chosen_tests(tmp_path):
+    from bpfpm.kselftest import _prune_verifier
+    src = tmp_path / "verifier.c"
+    src.write_text('#include <test_progs.h>\n#include "verifier_and.skel.h"\n'
+                   '#include "verifier_ctx.skel.h"\n\nstatic void run_tests_aux(void) {}\n'
+                   '#define RUN(skel) run_tests_aux(#skel, skel##__elf_bytes, NULL)\n\n'
+                   'void test_verifier_and(void)                  { RUN(verifier_and); }\n'
+                   'void test_verifier_ctx(void)                  { RUN(verifier_ctx); }\n'
+                   'void test_verifier_mtu(void)\n{\n\tRUN(verifier_mtu);\n}\n')
+    _prune_verifier(src, ["verifier_ctx"])
+    out = src.read_text()
+    assert "verifier_and" not in out and "verifier_mtu" not in out
+    assert '#include "verifier_ctx.skel.h"' in out and "{ RUN(verifier_ctx); }" in out
+
+
+def test_only_the_tools_part_of_a_patch_is_kept(tmp_path):
+    from bpfpm.kselftest import _tools_hunks
+    p = tmp_path / "0001.patch"
+    p.write_text("Subject: x\n---\ndiff --git a/net/core/filter.c b/net/core/filter.c\n+a\n"
+                 "diff --git a/tools/include/uapi/linux/bpf.h b/tools/include/uapi/linux/bpf.h\n"
+                 "+b\n-- \n2.39.5\n")
+    assert _tools_hunks(p).startswith("diff --git a/tools/include/uapi/linux/bpf.h")
+    assert "filter.c" not in _tools_hunks(p)
