@@ -4,7 +4,8 @@ Both kernels come from the same source; the selftests are built from that
 source (kselftest `install`) against the build's exported headers and run
 in the guest, each script under `timeout`. "test_progs" is the subset of
 selftests/bpf in BPF_TESTS, built per kernel against its vmlinux (from the
-pristine source plus, for the patched kernel, the series' tools/ hunks). A script may carry arguments
+pristine source plus, for the patched kernel, the series' tools/ hunks).
+A script may carry arguments
 ("mptcp_join.sh -f -s": only those groups). Results are compared script by
 script and, from the scripts' own TAP output, subtest by subtest. The exit
 status is 1 when the patched kernel fails anything the unpatched one passes.
@@ -152,11 +153,13 @@ def install_bpf(kb: KernelBuild, patched: bool) -> Path:
     sel = _bpf_subset_source(source.resolve().path, patches.series() if patched else [],
                              out / "src")
     llvm = BPF_LLVM
+    # no light or linked skeletons, no modules: only what BPF_TESTS load;
+    # btf_dump compares its dumps with the C files it was built from
+    extra = [str(p.relative_to(sel)) for p in sorted(sel.glob("progs/btf_dump_test_case_*.c"))]
     argv = ["make", "-C", str(sel), f"OUTPUT={out / 'out'}", f"VMLINUX_BTF={kb.vmlinux}",
             f"CLANG=clang-{llvm}", f"LLC=llc-{llvm}", f"LLVM_STRIP=llvm-strip-{llvm}",
-            f"LLVM_OBJCOPY=llvm-objcopy-{llvm}", f"BPFTOOL_LLVM=", "LSKELS=", "LSKELS_EXTRA=",
-            "LINKED_SKELS=", "TRUNNER_EXTRA_FILES=" + " ".join(
-                str(p.relative_to(sel)) for p in sorted((sel / "progs").glob("btf_dump_test_case_*.c"))),
+            f"LLVM_OBJCOPY=llvm-objcopy-{llvm}", "BPFTOOL_LLVM=", "LSKELS=", "LSKELS_EXTRA=",
+            "LINKED_SKELS=", "TRUNNER_EXTRA_FILES=" + " ".join(extra),
             f"-j{os.cpu_count() or 1}", str(binary)]
     (out / "out").mkdir(exist_ok=True)
     log.step(f"building test_progs ({len(BPF_TESTS)} tests) for {kb.key}; log {logf}")

@@ -256,7 +256,8 @@ class Network:
 
     def abort_before_accept(self, family: int = 4) -> dict:
         """A connection the client aborts (SO_LINGER 0) while it waits in the
-        server's accept queue, accepted after the reset: both tokens."""
+        server's accept queue, accepted after the reset: the client's token
+        and the server's MPTCP_INFO."""
         return self.guest.call("mptcp.abort_before_accept", server_ns=self.spec.server_ns,
                                client_ns=self.spec.client_ns, port=next(_ports),
                                addr=self.spec.addr("server", 1, family), family=family,
