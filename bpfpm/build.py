@@ -424,7 +424,8 @@ def build(debug: bool | None = None, patched: bool = True) -> KernelBuild:
     if kb:
         log.step(f"kernel {key} up to date: {kb.bzimage}")
         return kb
-    bdir = c / "builds" / ("debug" if debug else "base")
+    # one incremental tree per configuration: switching does not rebuild
+    bdir = c / "builds" / "-".join(["debug" if debug else "base", *kconfig.variants()])
     with cache.disk_errors(f"building kernel {key}"), BuildLock() as lock:
         kb = _published(kdir, tree)         # another run may have built it meanwhile
         if kb:

@@ -24,6 +24,7 @@ environment:
   KERNEL_SRC=/path   build your own kernel tree (left untouched; built out of tree)
   BPFPM_PATCHES=none do not apply kernel/patches/6.12/series
   DEBUG=1            debug kernel (KASAN, lockdep, kmemleak, ...)
+  BPFPM_CONFIG=name  also apply kernel/configs/<name>.config (e.g. no-cgroup-bpf)
   BPFPM_ACCEL=kvm|tcg  force the QEMU accelerator (default: detected)
   BPFPM_CACHE=dir    build cache (default ~/.cache/bpfpm)
   BPFPM_RESULTS=dir  where run directories go (default ./results)

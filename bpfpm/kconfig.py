@@ -8,6 +8,7 @@ resulting .config and the ones that did not stick are named.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -20,10 +21,25 @@ _LINE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 
 
+def variants() -> list[str]:
+    """Extra fragments named by BPFPM_CONFIG (e.g. "no-cgroup-bpf"), applied
+    after base.config: kernels built to test what the series does on
+    configurations the usual guest does not have."""
+    names = [n.strip() for n in os.environ.get("BPFPM_CONFIG", "").split(",") if n.strip()]
+    for n in names:
+        if not (CONFIGS / f"{n}.config").is_file():
+            have = sorted(f.stem for f in CONFIGS.glob("*.config")
+                          if f.stem not in ("base", "debug"))
+            raise BpfpmError(f"BPFPM_CONFIG={n}: no {CONFIGS / (n + '.config')}; "
+                             f"the variants are: {', '.join(have)}")
+    return names
+
+
 def fragments(debug: bool) -> list[Path]:
     frags = [CONFIGS / "base.config"]
     if debug:
         frags.append(CONFIGS / "debug.config")
+    frags += [CONFIGS / f"{n}.config" for n in variants()]
     return frags
 
 

@@ -170,3 +170,22 @@ def test_disconnect_with_requests_pending_then_reconnect(topo, load_pm, recorder
         "the first connection did more than be created and closed"
     assert len(res.subflows) >= 2, f"the reused socket opened no subflow:\n{res.table()}"
     assert rets(probe)[FROM_CREATED] == 0, "no request was queued at CREATED"
+
+
+@pytest.mark.topo(links=1)
+def test_pm_type_2_only_where_sock_ops_programs_can_run(topo, vm):
+    """The BPF PM acts through sock_ops programs, which need CONFIG_CGROUP_BPF.
+    Without it, net.mptcp.pm_type=2 is refused (EINVAL) and the old value
+    stays: connections would otherwise get a path manager that never acts.
+    With it, 2 is taken. `make config-test` runs this on a kernel built
+    without CONFIG_CGROUP_BPF; make test on the usual one."""
+    cgroup_bpf = vm.run("grep -qw __cgroup_bpf_run_filter_sock_ops /proc/kallsyms",
+                        check=False).rc == 0
+    r = vm.run(f"ip netns exec {topo.spec.server_ns} sysctl -w net.mptcp.pm_type=2",
+               check=False)
+    now = topo.sysctl("server", "net.mptcp.pm_type")
+    if cgroup_bpf:
+        assert r.rc == 0 and now == "2", f"pm_type=2 refused with cgroup BPF: {r}"
+    else:
+        assert r.rc != 0 and "Invalid argument" in r.stdout + r.stderr, r
+        assert now == "0", f"pm_type changed to {now} without cgroup BPF"
