@@ -132,7 +132,7 @@ def make_env() -> dict[str, str]:
 MANIFEST = ".bpfpm-manifest.json"
 
 
-def _sync_tree(src: source.KernelSource, tree: Path) -> list[str]:
+def sync_tree(src: source.KernelSource, tree: Path) -> list[str]:
     """rsync the source into the work tree; the files rsync rewrote."""
     tree.mkdir(parents=True, exist_ok=True)
     argv = ["rsync", "-a", "--delete", "--exclude=/.git", f"--exclude=/{MANIFEST}",
@@ -146,7 +146,7 @@ def _sync_tree(src: source.KernelSource, tree: Path) -> list[str]:
     return [ln.split(" ", 1)[1] for ln in r.stdout.splitlines() if ln.startswith(">f")]
 
 
-def _stamp_changes(tree: Path, changed: list[str]) -> int:
+def stamp_changes(tree: Path, changed: list[str]) -> int:
     """Give make the right idea of what changed since the last build.
 
     rsync keeps the source's mtimes and patches get the patch's, so a file
@@ -358,14 +358,14 @@ def _build_in_place(src: source.KernelSource, series: list[Path], key: str, debu
     try:
         with logf:
             with cache.disk_errors(f"syncing {src.path} into the work tree {tree}"):
-                synced = _sync_tree(src, tree)
+                synced = sync_tree(src, tree)
             with cache.disk_errors(f"applying the patch series to {tree}"):
                 if series and patches.already_applied(tree, series):
                     log.step("the source tree already carries the series; not applying it")
                     applied: list[str] = []
                 else:
                     applied = patches.apply(tree, series)
-                n = _stamp_changes(tree, synced + applied)
+                n = stamp_changes(tree, synced + applied)
             log.step(f"work tree: {n} files differ from the last build")
             with cache.disk_errors(f"building the kernel in {bdir}", f"see {logfile}"):
                 if prev.get("config_key") != ckey or not (bdir / ".config").exists():

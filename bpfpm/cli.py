@@ -122,6 +122,11 @@ def cmd_kselftest(a) -> int:
     return kselftest.main(a)
 
 
+def cmd_series_check(a) -> int:
+    from . import seriescheck
+    return seriescheck.main(a)
+
+
 def cmd_cache(a) -> int:
     from . import cache
     return cache.main(a)
@@ -194,6 +199,11 @@ def parser() -> argparse.ArgumentParser:
     ks.add_argument("--parallel", action="store_true",
                     help="run both kernels at once, one vCPU each (same host load on both)")
     ks.set_defaults(fn=cmd_kselftest)
+
+    sc = sub.add_parser("series-check",
+                        help="each patch on its own: checkpatch --strict, W=1 build of the "
+                        "touched objects (guest config and no BPF_SYSCALL), lines added")
+    sc.set_defaults(fn=cmd_series_check)
 
     ca = sub.add_parser("cache", help="show what the build cache holds; prune old kernels")
     ca.add_argument("action", nargs="?", choices=("show", "prune"), default="show")

@@ -115,7 +115,7 @@ def test_warm_build_dir_with_the_same_key_is_published_without_make(cache_env, f
 def test_interrupted_build_removes_the_stamp_and_publishes_nothing(cache_env, fake_source,
                                                                    monkeypatch):
     bdir = fake_build_dir(cache_env / "builds" / "base", "an-older-key")
-    monkeypatch.setattr(build, "_sync_tree",
+    monkeypatch.setattr(build, "sync_tree",
                         lambda src, tree: tree.mkdir(parents=True, exist_ok=True) or [])
     monkeypatch.setattr(kconfig, "configure", lambda *a: None)
 

@@ -76,17 +76,17 @@ def test_switching_back_to_older_content_looks_new_to_make(tmp_path):
     tree.mkdir()
     f = tree / "x.c"
     f.write_text("v2")
-    build._stamp_changes(tree, ["x.c"])
+    build.stamp_changes(tree, ["x.c"])
     t_v2 = f.stat().st_mtime
     f.write_text("v1")
     import os
     os.utime(f, (1, 1))                 # rsync restored an old file with its old mtime
-    build._stamp_changes(tree, ["x.c"])
+    build.stamp_changes(tree, ["x.c"])
     assert f.stat().st_mtime >= t_v2, "an older version must still trigger a rebuild"
     t_v1 = f.stat().st_mtime
     f.write_text("v1")
     os.utime(f, (5, 5))                 # same content synced again
-    build._stamp_changes(tree, ["x.c"])
+    build.stamp_changes(tree, ["x.c"])
     assert f.stat().st_mtime == t_v1, "unchanged content must keep its build-time mtime"
 
 
@@ -120,3 +120,17 @@ def test_a_patch_with_one_wrong_context_line_is_refused(tmp_path):
     assert "b.c: Hunk #1 FAILED" in str(e.value)
     assert (tmp_path / "b.c").read_text().count("four") == 1, "the tree is left as it was"
     assert not patches.already_applied(tmp_path, [p])
+
+
+def test_series_check_counts_kernel_lines_only(tmp_path):
+    from bpfpm import seriescheck
+    p = tmp_path / "0001-x.patch"
+    p.write_text("\n".join([
+        "Subject: x", "---", "diff --git a/net/mptcp/bpf.c b/net/mptcp/bpf.c",
+        "--- a/net/mptcp/bpf.c", "+++ b/net/mptcp/bpf.c", "@@ -1,1 +1,3 @@", " a", "+b", "+c",
+        "diff --git a/tools/include/uapi/linux/bpf.h b/tools/include/uapi/linux/bpf.h",
+        "--- a/tools/include/uapi/linux/bpf.h", "+++ b/tools/include/uapi/linux/bpf.h",
+        "@@ -1 +1,2 @@", "+d",
+        "--- a/Documentation/x.rst", "+++ b/Documentation/x.rst", "+e",
+        "--- /dev/null", "+++ b/include/linux/new.h", "+f", ""]))
+    assert seriescheck.kernel_lines(p) == {"net/mptcp/bpf.c": 2, "include/linux/new.h": 1}
