@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.bpfpm-setup
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: help setup kernel pms shell demo test test-fast vmtest bench-framework \
-        debug-test config-test series-check fuzz soak kselftest bisect bisect-demo cache test-faults clean-results
+        debug-test config-test series-check mutation-test fuzz soak kselftest bisect bisect-demo cache test-faults clean-results
 
 help:
 	@echo "make setup            install Debian packages + Python venv (idempotent)"
@@ -28,6 +28,7 @@ help:
 	@echo "make kselftest        upstream MPTCP + BPF selftests, unpatched vs patched (long)"
 	@echo "make config-test      the series on a kernel without CONFIG_CGROUP_BPF (own build)"
 	@echo "make series-check     each patch on its own: checkpatch --strict, W=1 objects, lines"
+	@echo "make mutation-test    undo each fix in turn (kernel/mutations/): its tests must fail"
 	@echo "make bisect GOOD=.. BAD=.. T='pytest args' [APPLY_SERIES=1] [RUNS=N]   git bisect run over KERNEL_SRC"
 	@echo "make bisect-demo      bisect an injected regression in a demo tree, check the verdict (long)"
 	@echo "make cache [ARGS=prune]  what the kernel cache holds; prune old kernels"
@@ -77,6 +78,9 @@ config-test: setup
 
 series-check: setup
 	$(BPFPM) series-check
+
+mutation-test: setup
+	$(BPFPM) mutations $(ARGS)
 
 fuzz: setup
 	DEBUG=1 BPFPM_FUZZ_CALLS=$(or $(FUZZ_CALLS),100000) $(BPFPM) test --timeout=3600 \

@@ -130,6 +130,7 @@ def make_env() -> dict[str, str]:
 
 
 MANIFEST = ".bpfpm-manifest.json"
+CONFIGURED = ".bpfpm-config-key"    # in a build dir: the config key its .config has
 
 
 def sync_tree(src: source.KernelSource, tree: Path) -> list[str]:
@@ -368,10 +369,17 @@ def _build_in_place(src: source.KernelSource, series: list[Path], key: str, debu
                 n = stamp_changes(tree, synced + applied)
             log.step(f"work tree: {n} files differ from the last build")
             with cache.disk_errors(f"building the kernel in {bdir}", f"see {logfile}"):
-                if prev.get("config_key") != ckey or not (bdir / ".config").exists():
+                # the config's key is kept apart from the stamp: an
+                # interrupted build keeps its .config, and configuring again
+                # would make every object look out of date
+                configured = bdir / CONFIGURED
+                if not (bdir / ".config").exists() or not configured.exists() or \
+                        configured.read_text() != ckey:
                     log.step("configuring (defconfig + kvm_guest + " +
                              ", ".join(f.name for f in kconfig.fragments(debug)) + ")")
+                    configured.unlink(missing_ok=True)
                     kconfig.configure(tree, bdir, debug, logf)
+                    cache.atomic_write(configured, ckey)
                 # the ETA is for a build from scratch: steps of the last full
                 # build here, or of a cold build of the base config (2810);
                 # an incremental build is short and its size unknown

@@ -127,6 +127,11 @@ def cmd_series_check(a) -> int:
     return seriescheck.main(a)
 
 
+def cmd_mutations(a) -> int:
+    from . import mutations
+    return mutations.main(a)
+
+
 def cmd_cache(a) -> int:
     from . import cache
     return cache.main(a)
@@ -204,6 +209,12 @@ def parser() -> argparse.ArgumentParser:
                         help="each patch on its own: checkpatch --strict, W=1 build of the "
                         "touched objects (guest config and no BPF_SYSCALL), lines added")
     sc.set_defaults(fn=cmd_series_check)
+
+    mu = sub.add_parser("mutations",
+                        help="undo each fix of the series in turn (kernel/mutations/): the "
+                        "tests each names must fail, and pass without it")
+    mu.add_argument("names", nargs="*", help="only these mutations (file names without .patch)")
+    mu.set_defaults(fn=cmd_mutations)
 
     ca = sub.add_parser("cache", help="show what the build cache holds; prune old kernels")
     ca.add_argument("action", nargs="?", choices=("show", "prune"), default="show")

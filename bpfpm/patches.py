@@ -20,7 +20,8 @@ def series_dir(base: str = BASE) -> Path:
 
 
 def series(base: str = BASE) -> list[Path]:
-    """Patches in order; empty when disabled with BPFPM_PATCHES=none."""
+    """Patches in order; empty when disabled with BPFPM_PATCHES=none. The
+    files in BPFPM_EXTRA_PATCHES (':'-separated) go on top (mutations)."""
     if os.environ.get("BPFPM_PATCHES", "") == "none":
         return []
     d = series_dir(base)
@@ -32,6 +33,11 @@ def series(base: str = BASE) -> list[Path]:
             if not p.exists():
                 raise BpfpmError(f"{d / 'series'} lists {line}, which does not exist")
             out.append(p)
+    for extra in filter(None, os.environ.get("BPFPM_EXTRA_PATCHES", "").split(":")):
+        p = Path(extra).resolve()
+        if not p.is_file():
+            raise BpfpmError(f"BPFPM_EXTRA_PATCHES: {extra} is not a file")
+        out.append(p)
     return out
 
 

@@ -118,9 +118,11 @@ def test_interrupted_build_removes_the_stamp_and_publishes_nothing(cache_env, fa
     monkeypatch.setattr(build, "sync_tree",
                         lambda src, tree: tree.mkdir(parents=True, exist_ok=True) or [])
     monkeypatch.setattr(kconfig, "configure", lambda *a: None)
+    (bdir / build.CONFIGURED).unlink(missing_ok=True)
 
     def make(*a, **kw):
         assert not (bdir / cache.STAMP).exists(), "stamp must be gone before make starts"
+        assert (bdir / build.CONFIGURED).read_text() == "cfg"
         raise KeyboardInterrupt
 
     monkeypatch.setattr(build, "_make", make)
@@ -130,9 +132,14 @@ def test_interrupted_build_removes_the_stamp_and_publishes_nothing(cache_env, fa
     assert not (cache.kernels_dir() / fake_source).exists()
     assert not list(cache.kernels_dir().glob(".publish-*"))
 
-    # the next build compiles in place, then stamps and publishes
+    # the next build compiles in place, then stamps and publishes; the
+    # interrupted build's .config is kept (configuring again would date
+    # every object)
+    configured = []
+    monkeypatch.setattr(kconfig, "configure", lambda *a: configured.append(a))
     monkeypatch.setattr(build, "_make", lambda *a, **kw: 42)
     kb = build.build()
+    assert configured == []
     assert json.loads((bdir / cache.STAMP).read_text())["key"] == fake_source
     assert kb.info["steps"] == 42 and (kb.build_dir / "vmlinux").exists()
 

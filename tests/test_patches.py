@@ -1,3 +1,4 @@
+import re
 import subprocess
 
 import pytest
@@ -134,3 +135,17 @@ def test_series_check_counts_kernel_lines_only(tmp_path):
         "--- a/Documentation/x.rst", "+++ b/Documentation/x.rst", "+e",
         "--- /dev/null", "+++ b/include/linux/new.h", "+f", ""]))
     assert seriescheck.kernel_lines(p) == {"net/mptcp/bpf.c": 2, "include/linux/new.h": 1}
+
+
+def test_every_mutation_names_tests_that_exist():
+    """kernel/mutations: each undoes one fix and names the tests that catch
+    it; a renamed test must not leave a mutation pointing at nothing."""
+    from bpfpm import mutations
+    from bpfpm.paths import ROOT
+    muts = mutations.mutations()
+    assert muts
+    for patch, tests in muts.items():
+        for t in tests:
+            path, _, name = t.partition("::")
+            assert re.search(rf"^def {re.escape(name)}\(", (ROOT / path).read_text(), re.M), \
+                f"{patch.name}: {t} does not exist"
