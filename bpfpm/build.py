@@ -361,7 +361,8 @@ def _build_in_place(src: source.KernelSource, series: list[Path], key: str, debu
             with cache.disk_errors(f"syncing {src.path} into the work tree {tree}"):
                 synced = sync_tree(src, tree)
             with cache.disk_errors(f"applying the patch series to {tree}"):
-                if series and patches.already_applied(tree, series):
+                # only a developer's tree can carry the series already
+                if series and not src.writable and patches.already_applied(tree, series):
                     log.step("the source tree already carries the series; not applying it")
                     applied: list[str] = []
                 else:

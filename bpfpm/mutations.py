@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from . import log, patches, results
@@ -57,6 +58,23 @@ def _pytest(tests: list[str], run: Path, extra: Path | None) -> tuple[int, float
     return rc, time.monotonic() - t0
 
 
+def _failed(results_root: Path, tests: list[str]) -> dict[str, str]:
+    """test id -> the first line of its failure (or "" when it passed), from
+    the JUnit of the run under `results_root`; parametrized ids count as
+    failed when any of their cases failed."""
+    got = {t: "" for t in tests}
+    junit = results_root / "latest" / "junit.xml"
+    if not junit.exists():
+        return got
+    for tc in ET.parse(junit).iter("testcase"):
+        tid = tc.get("classname", "").replace(".", "/") + ".py::" + \
+            tc.get("name", "").split("[")[0]
+        bad = tc.find("failure")      # not "error": a setup error catches nothing
+        if tid in got and bad is not None and not got[tid]:
+            got[tid] = (bad.get("message") or bad.tag).splitlines()[0][:160]
+    return got
+
+
 def main(a) -> int:
     muts = mutations()
     if a.names:
@@ -75,14 +93,23 @@ def main(a) -> int:
     for p, tests in muts.items():
         log.step(f"mutation {p.stem}: {len(tests)} tests must fail")
         rc, secs = _pytest(tests, run / p.stem, p)
-        verdict = {0: "SURVIVED", 1: "caught"}.get(rc, f"error (exit {rc})")
+        failed = _failed(run / p.stem, tests)
+        if rc == 1 and all(failed.values()):
+            verdict = "caught"
+        elif rc in (0, 1):
+            verdict = "SURVIVED by " + ", ".join(t.split("::")[1] for t, f in failed.items()
+                                                 if not f)
+        else:
+            verdict = f"error (exit {rc})"
         bad += verdict != "caught"
-        rows.append({"mutation": p.stem, "tests": tests, "verdict": verdict,
+        rows.append({"mutation": p.stem, "tests": tests, "verdict": verdict, "failures": failed,
                      "seconds": round(secs, 1), "results": str(run / p.stem)})
         log.step(f"mutation {p.stem}: {verdict} in {secs:.0f}s")
     (run / "mutations.json").write_text(json.dumps(rows, indent=2))
-    lines = ["| mutation | must fail | verdict |", "|---|---|---|"]
-    lines += [f"| {r['mutation']} | {'<br>'.join(r['tests'])} | {r['verdict']} |" for r in rows]
+    lines = ["| mutation | must fail | verdict | how |", "|---|---|---|---|"]
+    lines += [f"| {r['mutation']} | {'<br>'.join(t.split('::')[1] for t in r['tests'])} | "
+              f"{r['verdict']} | {'<br>'.join(f or '-' for f in r['failures'].values())} |"
+              for r in rows]
     (run / "mutations.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     results.finish_run(run)

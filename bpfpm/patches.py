@@ -67,10 +67,15 @@ def _patch(tree: Path, patch: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 def already_applied(tree: Path, patches: list[Path]) -> bool:
-    """True when the tree already carries the series (a developer's tree)."""
+    """True when the tree already carries the series (a developer's tree):
+    the last patch reverts cleanly and no patch applies. The reverse alone
+    is not enough: a patch that only deletes lines (a mutation) also
+    "reverts" on a tree that never had it."""
     if not patches:
         return False
-    return _patch(tree, patches[-1], "-R", "--dry-run", "--force").returncode == 0
+    if _patch(tree, patches[-1], "-R", "--dry-run", "--force").returncode != 0:
+        return False
+    return all(_patch(tree, p, "--dry-run", "--forward").returncode != 0 for p in patches)
 
 
 def failure_report(patch: Path, output: str) -> str:

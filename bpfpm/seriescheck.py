@@ -5,8 +5,8 @@ The patches are applied one by one to a pristine copy of the source (its own
 work tree in the cache, never the build tree). After each one:
 checkpatch --strict on that patch, then a W=1 build of the objects the
 series touches (every directory holding a touched .c file, plus net/ipv4/
-and net/mptcp/ for the headers), once with the guest config and once with
-a config without CONFIG_BPF_SYSCALL (the series' stubs). A warning counts
+and net/mptcp/ for the headers) with the guest config, and of net/mptcp/
+without CONFIG_BPF_SYSCALL (the series' stubs). A warning counts
 against the patch only if it names a file of the series and was not there
 before the patch. The table also gives the lines each patch adds to the
 kernel proper (tools/, Documentation/ and selftests not counted: the
@@ -29,9 +29,10 @@ from . import build, kconfig, log, patches, results, source
 from .errors import BpfpmError
 from .paths import cache_dir
 
-# the guest config, and the same without the BPF syscall (net/mptcp/bpf.c
-# not built: only the series' stubs are)
-CONFIGS = {"guest": [], "no-bpf-syscall": ["BPF_SYSCALL"]}
+# name: (options switched off, directories built; None: all of _targets()).
+# Without the BPF syscall net/mptcp/bpf.c is not built: net/mptcp/ then
+# builds against the series' stubs.
+CONFIGS = {"guest": ([], None), "no-bpf-syscall": (["BPF_SYSCALL"], ["net/mptcp/"])}
 ALWAYS = ["net/ipv4/", "net/mptcp/"]
 _WARNING = re.compile(r"^(\S+?):\d+:\d+: (warning|error): (.*)$")
 
@@ -122,12 +123,12 @@ def main(a) -> int:
                  f"W=1 objects in {' '.join(targets)}; logs in {run}")
         build.stamp_changes(tree, build.sync_tree(src, tree))
         before: dict[str, set[str]] = {}
-        for name, variant in CONFIGS.items():
+        for name, (variant, dirs) in CONFIGS.items():
             bdir = work / f"build-{name}"
             with open(run / f"configure-{name}.log", "w") as logf:
                 _configure(tree, bdir, variant, work / "build-guest", logf)
             log.step(f"[{name}] the source without the series (the baseline's warnings)")
-            rc, diags = _make(tree, bdir, targets, run / f"00-{name}.log")
+            rc, diags = _make(tree, bdir, dirs or targets, run / f"00-{name}.log")
             if rc:
                 raise BpfpmError(f"the pristine source does not build ({name}); "
                                  f"see {run / f'00-{name}.log'}")
@@ -138,11 +139,11 @@ def main(a) -> int:
             lines = kernel_lines(p)
             row = {"patch": p.name, "kernel_lines": sum(lines.values()), "files": lines,
                    "checkpatch": cp.splitlines(), "builds": {}}
-            for name in CONFIGS:
+            for name, (_, dirs) in CONFIGS.items():
                 bdir = work / f"build-{name}"
                 logfile = run / f"{i:02d}-{name}.log"
                 t = time.monotonic()
-                rc, diags = _make(tree, bdir, targets, logfile)
+                rc, diags = _make(tree, bdir, dirs or targets, logfile)
                 new = sorted({d for d in diags if d.split(":", 1)[0] in touched} - before[name])
                 row["builds"][name] = {"rc": rc, "new_warnings": new, "log": str(logfile),
                                        "seconds": round(time.monotonic() - t, 1)}

@@ -149,3 +149,18 @@ def test_every_mutation_names_tests_that_exist():
             path, _, name = t.partition("::")
             assert re.search(rf"^def {re.escape(name)}\(", (ROOT / path).read_text(), re.M), \
                 f"{patch.name}: {t} does not exist"
+
+
+def test_a_series_ending_in_a_deletion_is_not_taken_for_applied(tmp_path):
+    """A last patch that deletes what an earlier one added (a mutation)
+    reverts cleanly on the pristine tree, which never had the line: that is
+    no proof the tree carries the series, and the series must be applied."""
+    (tmp_path / "a.c").write_text("one\nthree\n")
+    add = tmp_path / "0001-add.patch"
+    add.write_text("--- a/a.c\n+++ b/a.c\n@@ -1,2 +1,3 @@\n one\n+two\n three\n")
+    delete = tmp_path / "0002-del.patch"
+    delete.write_text("--- a/a.c\n+++ b/a.c\n@@ -1,3 +1,2 @@\n one\n-two\n three\n")
+    assert patches._patch(tmp_path, delete, "-R", "--dry-run", "--force").returncode == 0
+    assert not patches.already_applied(tmp_path, [add, delete])
+    patches.apply(tmp_path, [add, delete])
+    assert (tmp_path / "a.c").read_text() == "one\nthree\n"
