@@ -203,6 +203,9 @@ def parser() -> argparse.ArgumentParser:
                     "'mptcp_join.sh -f -s' (default: " + " ".join(KSELFTEST_DEFAULT) + ")")
     ks.add_argument("--parallel", action="store_true",
                     help="run both kernels at once, one vCPU each (same host load on both)")
+    ks.add_argument("--guests", type=int, default=1, metavar="N",
+                    help="spread each kernel's scripts over N guests at once (give the "
+                    "mptcp_join.sh groups as separate scripts: 'mptcp_join.sh -f' ...)")
     ks.set_defaults(fn=cmd_kselftest)
 
     sc = sub.add_parser("series-check",
