@@ -14,11 +14,13 @@ status is 1 when the patched kernel fails anything the unpatched one passes.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import re
 import shutil
 import shlex
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -230,6 +232,40 @@ def _command(script: str, mptcp: Path, bpf: Path | None) -> str:
     return f"cd {shlex.quote(str(mptcp))} && timeout {SCRIPT_TIMEOUT} ./{script}"
 
 
+# the guests running selftests, killed at once on an interrupt: the worker
+# threads are blocked in long guest commands and would not see it
+_GUESTS: set = set()
+_GUESTS_LOCK = threading.Lock()
+
+
+def _gather(jobs: list, what: str) -> list:
+    """The jobs' results; on an interrupt every selftest guest is killed
+    first, so that the workers return and nothing is left running."""
+    try:
+        return [j.result() for j in jobs]
+    except KeyboardInterrupt:
+        with _GUESTS_LOCK:
+            guests = list(_GUESTS)
+        log.warn(f"interrupted: killing {len(guests)} selftest guests ({what})")
+        for vm in guests:
+            vm.kill()
+        for j in jobs:
+            j.cancel()
+        concurrent.futures.wait(jobs)
+        raise
+
+
+@contextlib.contextmanager
+def _registered(vm):
+    with _GUESTS_LOCK:
+        _GUESTS.add(vm)
+    try:
+        yield
+    finally:
+        with _GUESTS_LOCK:
+            _GUESTS.discard(vm)
+
+
 def run_variant(patched: bool, scripts: list[str], run: Path, cpus: int = 2,
                 guests: int = 1) -> dict[str, dict]:
     """The scripts on one kernel, spread over `guests` guests at once (the
@@ -242,8 +278,8 @@ def run_variant(patched: bool, scripts: list[str], run: Path, cpus: int = 2,
     with concurrent.futures.ThreadPoolExecutor(len(shares)) as pool:
         jobs = [pool.submit(_run_guest, patched, share, run, cpus, kb, inst, bpf, f"-{i + 1}")
                 for i, share in enumerate(shares)]
-        for j in jobs:
-            out.update(j.result())
+        for r in _gather(jobs, "patched" if patched else "unpatched"):
+            out.update(r)
     return {s: out[s] for s in scripts}
 
 
@@ -253,7 +289,7 @@ def _run_guest(patched: bool, scripts: list[str], run: Path, cpus: int, kb, inst
     label = "patched" if patched else "unpatched"
     out: dict[str, dict] = {}
     with session.boot(kb, run, name=f"kselftest-{label}{suffix}", memory="2G",
-                      cpus=cpus) as vm:
+                      cpus=cpus) as vm, _registered(vm):
         for s in scripts:
             t0 = time.monotonic()
             log.step(f"[{label}] {s} ...")
@@ -306,7 +342,7 @@ def _main(a, run) -> int:
         prepare(True, scripts)
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             jobs = [pool.submit(run_variant, p, scripts, run, 1, a.guests) for p in (False, True)]
-            plain, patched = (j.result() for j in jobs)
+            plain, patched = _gather(jobs, "both kernels")
     else:
         plain = run_variant(False, scripts, run, guests=a.guests)
         patched = run_variant(True, scripts, run, guests=a.guests)

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from bpfpm.scenario import poll
+
 pytestmark = [pytest.mark.vm, pytest.mark.topo(links=2, rate_mbit=50)]
 
 SOAK_S = float(os.environ.get("SOAK_S", "60"))
@@ -59,8 +61,7 @@ def test_churn_leaves_a_clean_kernel(topo, load_pm, vm, measure):
     for k, v in counts.items():
         measure(f"soak_{k}", v)
 
-    deadline = time.monotonic() + 60 * vm.time_scale
-    while topo.mptcp_sockets() and time.monotonic() < deadline:
-        time.sleep(1)
-    left = topo.mptcp_sockets()
-    assert not left, f"MPTCP sockets left after the soak:\n{left}"
+    # orphaned connections still holding data close within TCP_TIMEWAIT_LEN
+    poll(lambda: not topo.mptcp_sockets(), 60, 1,
+         lambda t: f"MPTCP sockets left {t:.0f}s after the soak:\n{topo.mptcp_sockets()}",
+         vm.time_scale)
