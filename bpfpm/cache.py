@@ -318,9 +318,10 @@ def prune(keep: int = KEEP) -> int:
         finally:
             os.close(fd)
         shutil.rmtree(gone, ignore_errors=True)
-        pms = cache_dir() / "pms" / k.name     # BPF objects built against it
-        size += du(pms)
-        trash(pms)
+        # BPF objects built against it: pms/<key>-<vmlinux size>-<mtime>
+        for pms in [*(cache_dir() / "pms").glob(f"{k.name}-*"), cache_dir() / "pms" / k.name]:
+            size += du(pms)
+            trash(pms)
         freed += size
         log.step(f"removed kernel {k.name} ({human(size)})")
     freed += _prune_leftovers(d)

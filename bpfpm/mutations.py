@@ -72,6 +72,8 @@ def _failed(results_root: Path, tests: list[str]) -> dict[str, str]:
         bad = tc.find("failure")      # not "error": a setup error catches nothing
         if tid in got and bad is not None and not got[tid]:
             got[tid] = (bad.get("message") or bad.tag).splitlines()[0][:160]
+        elif tid in got and tc.find("error") is not None and not got[tid]:
+            got[tid] = None             # no verdict: the test could not run
     return got
 
 
@@ -96,6 +98,8 @@ def main(a) -> int:
         failed = _failed(run / p.stem, tests)
         if rc == 1 and all(failed.values()):
             verdict = "caught"
+        elif any(f is None for f in failed.values()):
+            verdict = "error (a test could not run; see its JUnit)"
         elif rc in (0, 1):
             verdict = "SURVIVED by " + ", ".join(t.split("::")[1] for t, f in failed.items()
                                                  if not f)

@@ -29,7 +29,12 @@ def available() -> list[str]:
 
 
 def out_dir(kernel: KernelBuild) -> Path:
-    d = cache_dir() / "pms" / kernel.key
+    """vmlinux.h and the objects for this kernel. Named by the key and by
+    the vmlinux file itself: a kernel published again under the same key
+    (a bad build removed from the cache and rebuilt) must not get the old
+    kernel's vmlinux.h and objects."""
+    st = kernel.vmlinux.stat()
+    d = cache_dir() / "pms" / f"{kernel.key}-{st.st_size:x}-{st.st_mtime_ns:x}"
     d.mkdir(parents=True, exist_ok=True)
     return d
 
