@@ -17,16 +17,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from . import log, patches, results
+from . import log, patches, results, runner
 from .errors import BpfpmError
-from .paths import KERNEL_DIR, ROOT
+from .paths import KERNEL_DIR
 
 _EXPECT = re.compile(r"^Expect-Fail:\s*(\S+)\s*$", re.M)
 
@@ -42,19 +39,24 @@ def mutations(base: str = patches.BASE) -> dict[Path, list[str]]:
 
 
 def _pytest(tests: list[str], run: Path, extra: Path | None) -> tuple[int, float]:
-    """`bpfpm test TESTS` in a child, with `run` as its results root."""
-    env = dict(os.environ, BPFPM_RESULTS=str(run))
-    if extra:
-        env["BPFPM_EXTRA_PATCHES"] = str(extra)
+    """`bpfpm test TESTS` (runner.run_pytest: build, then pytest in a child
+    that an interrupt stops once, guests reaped) with `run` as its results
+    root and `extra` on top of the series."""
+    env = {"BPFPM_RESULTS": str(run), "BPFPM_EXTRA_PATCHES": str(extra) if extra else ""}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     t0 = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "bpfpm.cli", "test", *tests],
-                                   env=env, cwd=ROOT, stdin=subprocess.DEVNULL)
     try:
-        rc = proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        proc.wait()
-        raise
+        rc = runner.run_pytest(tests)
+    except BpfpmError as e:             # e.g. the kernel does not build with it
+        log.error(str(e))
+        rc = -1
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return rc, time.monotonic() - t0
 
 

@@ -19,7 +19,6 @@ this check builds objects, so that eight steps cost minutes, not an hour.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import time
@@ -37,6 +36,10 @@ ALWAYS = ["net/ipv4/", "net/mptcp/"]
 _WARNING = re.compile(r"^(\S+?):\d+:\d+: (warning|error): (.*)$")
 
 
+def _kernel_proper(f: str) -> bool:
+    return not f.startswith(("tools/", "Documentation/")) and "selftests" not in f
+
+
 def kernel_lines(patch: Path) -> dict[str, int]:
     """Added lines per file, kernel proper only."""
     out: dict[str, int] = {}
@@ -45,7 +48,7 @@ def kernel_lines(patch: Path) -> dict[str, int]:
         if line.startswith("+++ "):
             name = line[4:].split("\t")[0]
             f = name.split("/", 1)[1] if "/" in name else name
-            if f.startswith(("tools/", "Documentation/")) or "selftests" in f:
+            if not _kernel_proper(f):
                 f = None
         elif f and line.startswith("+"):
             out[f] = out.get(f, 0) + 1
@@ -63,7 +66,7 @@ def _targets(series: list[Path]) -> list[str]:
     dirs = set(ALWAYS)
     for p in series:
         for f in patches.touched_files(p):
-            if f.endswith(".c") and not f.startswith(("tools/", "Documentation/")):
+            if f.endswith(".c") and _kernel_proper(f):
                 dirs.add(str(Path(f).parent) + "/")
     return sorted(dirs)
 
@@ -90,14 +93,16 @@ def _configure(tree: Path, bdir: Path, disable: list[str], guest: Path, logf) ->
 
 
 def _make(tree: Path, bdir: Path, targets: list[str], logfile: Path) -> tuple[int, list[str]]:
-    jobs = os.environ.get("BPFPM_JOBS", str(os.cpu_count() or 1))
-    argv = ["make", "-C", str(tree), f"O={bdir}", f"-j{jobs}", "W=1",
-            "CC=ccache gcc", "HOSTCC=ccache gcc", *targets]
+    """build._make (progress, make's process group taken down on Ctrl-C, a
+    full disk named) with W=1; make's status and the diagnostics it printed."""
     with open(logfile, "w") as f:
-        f.write(f"$ {' '.join(argv)}\n")
-        f.flush()
-        rc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT,
-                            env=build.make_env()).returncode
+        try:
+            build._make(tree, bdir, ["W=1", *targets], f, 0)
+            rc = 0
+        except BpfpmError as e:
+            if "no space left" in str(e):
+                raise
+            rc = 1
     diags = []
     for line in logfile.read_text(errors="replace").splitlines():
         m = _WARNING.match(line)
