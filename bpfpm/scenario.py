@@ -57,6 +57,8 @@ class TransferResult:
 
     @property
     def final_subflows(self) -> list[dict]:
+        """The client's subflows once all the data is sent (and the block of a
+        hold=True transfer ended), before either side closes."""
         return self.client["subflows_final"]
 
     @property
@@ -254,14 +256,15 @@ class Network:
         self.transfers.append(xfer)
         return xfer
 
-    def abort_before_accept(self, family: int = 4) -> dict:
+    def abort_before_accept(self, family: int = 4, wait_reset: bool = True) -> dict:
         """A connection the client aborts (SO_LINGER 0) while it waits in the
         server's accept queue, accepted after the reset: the client's token
-        and the server's MPTCP_INFO."""
+        and the server's MPTCP_INFO. wait_reset=False: accepted at once,
+        racing the msk worker woken by the reset."""
         return self.guest.call("mptcp.abort_before_accept", server_ns=self.spec.server_ns,
                                client_ns=self.spec.client_ns, port=next(_ports),
                                addr=self.spec.addr("server", 1, family), family=family,
-                               timeout=30 * self.scale)
+                               timeout=30 * self.scale, wait_reset=wait_reset)
 
     def burst(self, count: int, subflows: int = 2, wait: bool = True,
               timeout: float = 600) -> tuple[dict, dict]:

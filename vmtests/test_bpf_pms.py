@@ -95,11 +95,14 @@ def test_fullmesh_follows_an_endpoint_added_then_removed(topo, load_pm, family):
     # nodad: the subflow binds to it right away
     topo.addr("client", 2, new, add=True)
 
-    with topo.transfer(8 * MiB, family=family) as xfer:
+    mon = topo.monitor("client")
+
+    with topo.transfer(8 * MiB, family=family, hold=True) as xfer:
         xfer.wait_progress(0.1)
         topo.endpoint("client", new, "subflow", id=20)
         xfer.wait_progress(0.5)
         topo.endpoint_del("client", id=20)
+        mon.wait_for("SF_CLOSED", **{f"saddr{family}": new})
 
     res = xfer.result
     res.assert_intact()
@@ -119,11 +122,12 @@ def test_fullmesh_joins_announced_address_and_leaves_it_on_rm_addr(topo, load_pm
                                                                announced]), load_pm)
     mon = topo.monitor("client")
 
-    with topo.transfer(8 * MiB, family=family) as xfer:
+    with topo.transfer(8 * MiB, family=family, hold=True) as xfer:
         mon.wait_for("SF_ESTABLISHED")
         xfer.wait_progress(0.4)
         topo.endpoint_del("server", id=12)
         mon.wait_for("REMOVED")
+        mon.wait_for("SF_CLOSED", **{f"daddr{family}": announced})
 
     res = xfer.result
     res.assert_intact()

@@ -282,3 +282,24 @@ def test_initial_subflow_reset_before_accept_is_reported_at_accept(topo, recorde
         ["CREATED", "ESTABLISHED", "SUB_CLOSED", "CLOSED"], srv
     sub = srv["SUB_CLOSED"][0]
     assert sub.subflow_id == 1 and sub.is_fullsock, sub
+
+
+ACCEPT_RACES = 60
+
+
+def test_initial_subflow_reset_while_accept_races_the_worker_is_reported_once(topo, recorder):
+    """As above, but the server accepts right after the client's abort:
+    accept() and the msk worker woken by the reset race to close the
+    initial subflow. When accept() wins, the worker never runs for that
+    connection (accept() closed the msk), so accept() reports SUB_CLOSED
+    itself; v1 reported nothing then. Whoever closes it, SUB_CLOSED comes
+    once."""
+    topo.use_bpf_pm("client", "server")
+
+    toks = [topo.abort_before_accept(wait_reset=False)["client_token"]
+            for _ in range(ACCEPT_RACES)]
+    evs = recorder.wait(lambda evs: all(any(e.op == "CLOSED" and e.rem_token == t for e in evs)
+                                        for t in toks), what="CLOSED on the server, each")
+    ops = {t: [e.op for e in evs if e.rem_token == t] for t in toks}
+    bad = {t: o for t, o in ops.items() if o != ["CREATED", "ESTABLISHED", "SUB_CLOSED", "CLOSED"]}
+    assert not bad, f"{len(bad)} of {ACCEPT_RACES} connections: {bad}"

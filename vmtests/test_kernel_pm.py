@@ -61,11 +61,12 @@ def test_endpoint_removed_mid_transfer_sends_rm_addr(topo, family):
     topo.endpoint("server", announced, "signal", id=2)
     mon = topo.monitor("client")
 
-    with topo.transfer(8 * MiB, family=family) as xfer:
+    with topo.transfer(8 * MiB, family=family, hold=True) as xfer:
         mon.wait_for("SF_ESTABLISHED")
         xfer.wait_progress(0.3)
         topo.endpoint_del("server", id=2)
         mon.wait_for("REMOVED", remid=2)
+        mon.wait_for("SF_CLOSED", **{f"daddr{family}": announced})
 
     res = xfer.result
     res.assert_intact()
@@ -73,7 +74,6 @@ def test_endpoint_removed_mid_transfer_sends_rm_addr(topo, family):
         f"the announced subflow never existed:\n{res.table()}"
     assert all(sf["remote"] != announced for sf in res.final_subflows), \
         f"subflow to the removed address survived RM_ADDR:\n{res.table()}"
-    mon.wait_for("SF_CLOSED")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

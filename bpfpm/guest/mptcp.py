@@ -118,11 +118,14 @@ def listener_probe(ns: str) -> int:
 
 
 def abort_before_accept(server_ns: str, client_ns: str, addr: str, port: int,
-                        family: int = 4, timeout: float = 30) -> dict:
+                        family: int = 4, timeout: float = 30, wait_reset: bool = True) -> dict:
     """An MPTCP connection that the client aborts (SO_LINGER 0: MP_FASTCLOSE
     and RST) while it waits in the server's accept queue; the server accepts
     it once the reset has closed the initial subflow. The client's token, and
-    the server's MPTCP_INFO after accept()."""
+    the server's MPTCP_INFO after accept().
+
+    wait_reset=False: the server accepts right after the client's close(),
+    racing the msk worker that the reset woke: either closes the subflow."""
     af = socket.AF_INET if family == 4 else socket.AF_INET6
     with inside(server_ns):
         lsn = socket.socket(af, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
@@ -141,7 +144,7 @@ def abort_before_accept(server_ns: str, client_ns: str, addr: str, port: int,
         cli.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         cli.close()
         deadline = time.monotonic() + timeout
-        while counters(server_ns)["TcpEstabResets"] == resets:
+        while wait_reset and counters(server_ns)["TcpEstabResets"] == resets:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the client's reset did not reach {server_ns} "
                                    f"within {timeout:.0f}s (TcpEstabResets unchanged)")

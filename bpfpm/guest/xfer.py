@@ -157,6 +157,10 @@ def client(a) -> int:
     if a.hold:
         _progress(a.progress, sent, a.bytes)
         _wait_released(a.hold, HOLD_MAX)
+    # the subflows at the end of the data, before either side closes: once
+    # the server answered with its digest and closed, subflows go away
+    final = mptcpinfo.subflows(s)
+    mptcpinfo.merge_seen(seen, final)
     s.shutdown(socket.SHUT_WR)
     digest = b""
     while len(digest) < 32:
@@ -164,8 +168,7 @@ def client(a) -> int:
         if not d:
             break
         digest += d
-    final = mptcpinfo.subflows(s)
-    mptcpinfo.merge_seen(seen, final)
+    mptcpinfo.merge_seen(seen, mptcpinfo.subflows(s))
     info = mptcpinfo.connection(s)
     info["token_at_connect"] = info_early.get("token")
     s.close()
