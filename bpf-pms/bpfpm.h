@@ -22,8 +22,10 @@
  */
 
 /* errnos the kfuncs return (no libc headers in BPF programs) */
+#define BPFPM_ENOENT	2
 #define BPFPM_ENOMEM	12
 #define BPFPM_EBUSY	16
+#define BPFPM_EEXIST	17
 #define BPFPM_EINVAL	22
 #define BPFPM_ENOSPC	28
 #define BPFPM_EADDRNOTAVAIL 99
@@ -37,6 +39,13 @@ extern int bpf_mptcp_close_subflow(struct bpf_sock_ops *ctx,
 				   const struct bpf_mptcp_endp *src,
 				   const struct bpf_mptcp_endp *dst) __ksym;
 extern int bpf_mptcp_refuse_join(struct bpf_sock_ops *ctx) __ksym;
+extern int bpf_mptcp_announce_addr(struct bpf_sock_ops *ctx,
+				   const struct bpf_mptcp_endp *addr) __ksym;
+extern int bpf_mptcp_remove_addr(struct bpf_sock_ops *ctx,
+				 const struct bpf_mptcp_endp *addr) __ksym;
+extern int bpf_mptcp_set_backup(struct bpf_sock_ops *ctx,
+				const struct bpf_mptcp_endp *src,
+				const struct bpf_mptcp_endp *dst, bool backup) __ksym;
 
 /* Read a bpf_sock_ops field right here. Without it, clang may merge the
  * loads of two branches into one through a computed ctx pointer, which the
@@ -61,7 +70,7 @@ static __always_inline bool bpfpm_addr_eq(const struct bpfpm_addr *a,
 	       a->addr[2] == b->addr[2] && a->addr[3] == b->addr[3];
 }
 
-/* The local (LOCAL_ADDR, OPEN_FAILED) or remote (ADD_ADDR, OPEN_FAILED)
+/* The local (LOCAL_ADDR, REQ_FAILED) or remote (ADD_ADDR, REQ_FAILED)
  * address carried by an event.
  */
 static __always_inline void bpfpm_event_addr(const struct bpf_sock_ops *skops,

@@ -64,7 +64,7 @@ int record(struct bpf_sock_ops *skops)
 	__u32 op = skops->op, seq = MAX_EVENTS, zero = 0, *cfg;
 	struct event *e;
 
-	if (op < BPF_SOCK_OPS_MPTCP_CREATED_CB || op > BPF_SOCK_OPS_MPTCP_OPEN_FAILED_CB)
+	if (op < BPF_SOCK_OPS_MPTCP_CREATED_CB || op > BPF_SOCK_OPS_MPTCP_REQ_FAILED_CB)
 		return 1;
 
 	if (op == BPF_SOCK_OPS_MPTCP_JOIN_REQ_CB) {

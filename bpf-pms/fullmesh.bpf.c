@@ -6,10 +6,16 @@
  * connection, the initial one plus those learned from ADD_ADDR, forgotten
  * on RM_ADDR. Every event that can add a pair re-runs mesh(), which only
  * opens pairs not requested yet, so repeated events are harmless. A pair
- * whose subflow failed before it was established (OPEN_FAILED, or
- * SUB_CLOSED of a join that never completed) is tried again, at most
+ * whose subflow failed before it was established (REQ_FAILED of an open,
+ * or SUB_CLOSED of a join that never completed) is tried again, at most
  * MAX_TRIES times per connection. The kernel enforces the subflow limit
  * (-ENOSPC). Only the active (client) side opens subflows.
+ *
+ * The passive (server) side announces the addresses of the `signals` map
+ * (of the connection's family, but its own) once the connection is
+ * established, then follows LOCAL_ADDR: an endpoint added is announced, an
+ * endpoint removed is withdrawn (RM_ADDR, its subflows closed). Both sides
+ * may run this one program: the maps are per side.
  */
 #include "bpfpm.h"
 
@@ -43,6 +49,13 @@ struct {
 	__type(key, __u32);		/* local token */
 	__type(value, struct conn);
 } conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, BPFPM_MAX_ADDRS);
+	__type(key, __u32);
+	__type(value, struct local_addr);
+} signals SEC(".maps");
 
 /* [0] pairs tried again, [1] pairs given up after MAX_TRIES */
 struct {
@@ -266,13 +279,61 @@ static void on_sub_closed(struct bpf_sock_ops *skops, struct conn *c)
 	on_failed(skops, c, &local, &remote);
 }
 
-static void on_open_failed(struct bpf_sock_ops *skops, struct conn *c)
+static void on_req_failed(struct bpf_sock_ops *skops, struct conn *c)
 {
 	struct bpfpm_addr local, remote;
+
+	if (skops->args[3] != BPF_MPTCP_REQ_OPEN)
+		return;
 
 	bpfpm_event_addr(skops, skops->args[2], true, &local);
 	bpfpm_event_addr(skops, skops->args[2], false, &remote);
 	on_failed(skops, c, &local, &remote);
+}
+
+/* passive side: announce signals[i] if it is not the connection's own */
+static long announce_one(__u32 i, void *data)
+{
+	struct bpf_sock_ops *skops = data;
+	struct bpf_mptcp_endp e;
+	struct local_addr *l;
+	struct bpfpm_addr own;
+
+	l = bpf_map_lookup_elem(&signals, &i);
+	if (!l)
+		return 1;
+	bpfpm_sk_addr(skops, true, &own);
+	if (!l->used || !usable(&l->a) || l->a.family != own.family ||
+	    bpfpm_addr_eq(&l->a, &own))
+		return 0;
+	bpfpm_endp(&e, &l->a);
+	bpfpm_count(bpf_mptcp_announce_addr(skops, &e));
+	return 0;
+}
+
+/* passive side: an endpoint added is announced, one removed withdrawn */
+static void on_server_local_addr(struct bpf_sock_ops *skops)
+{
+	struct bpf_mptcp_endp e;
+	struct bpfpm_addr a;
+
+	bpfpm_event_addr(skops, skops->args[2], true, &a);
+	if (!usable(&a) || a.family != skops->family)
+		return;
+	bpfpm_endp(&e, &a);
+	if (skops->args[1])
+		bpfpm_count(bpf_mptcp_announce_addr(skops, &e));
+	else
+		bpfpm_count(bpf_mptcp_remove_addr(skops, &e));
+}
+
+static int on_server(struct bpf_sock_ops *skops)
+{
+	if (skops->op == BPF_SOCK_OPS_MPTCP_ESTABLISHED_CB && skops->is_fullsock)
+		bpf_loop(BPFPM_MAX_ADDRS, announce_one, skops, 0);
+	else if (skops->op == BPF_SOCK_OPS_MPTCP_LOCAL_ADDR_CB)
+		on_server_local_addr(skops);
+	return 1;
 }
 
 SEC("sockops")
@@ -280,6 +341,10 @@ int fullmesh(struct bpf_sock_ops *skops)
 {
 	__u32 token = skops->mptcp_loc_token;
 	struct conn *c;
+
+	if (skops->op >= BPF_SOCK_OPS_MPTCP_CREATED_CB &&
+	    (skops->mptcp_flags & BPF_MPTCP_F_SERVER_SIDE))
+		return on_server(skops);
 
 	switch (skops->op) {
 	case BPF_SOCK_OPS_MPTCP_CREATED_CB:
@@ -293,7 +358,7 @@ int fullmesh(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_MPTCP_RM_ADDR_CB:
 	case BPF_SOCK_OPS_MPTCP_LOCAL_ADDR_CB:
 	case BPF_SOCK_OPS_MPTCP_SUB_CLOSED_CB:
-	case BPF_SOCK_OPS_MPTCP_OPEN_FAILED_CB:
+	case BPF_SOCK_OPS_MPTCP_REQ_FAILED_CB:
 		break;
 	default:
 		return 1;
@@ -319,8 +384,8 @@ int fullmesh(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_MPTCP_SUB_CLOSED_CB:
 		on_sub_closed(skops, c);
 		break;
-	case BPF_SOCK_OPS_MPTCP_OPEN_FAILED_CB:
-		on_open_failed(skops, c);
+	case BPF_SOCK_OPS_MPTCP_REQ_FAILED_CB:
+		on_req_failed(skops, c);
 		break;
 	}
 	return 1;

@@ -27,6 +27,7 @@ enum probe_case {
 	PROBE_REFUSE_OUTSIDE_JOIN,	/* bpf_mptcp_refuse_join(): -EINVAL */
 	PROBE_CLOSE_ALL,		/* close with both families 0: -EINVAL */
 	PROBE_REOPEN,			/* open from SUB_CLOSED at the limit: 0 */
+	PROBE_ANNOUNCE_ANY,		/* announce with family 0: -EINVAL */
 	__PROBE_MAX,
 };
 
@@ -37,6 +38,7 @@ enum probe_mode {
 	MODE_CLOSE_INITIAL = 3,	/* open one, then close the initial subflow by port */
 	MODE_SERVER_OPEN = 4,	/* the server side opens a subflow on LOCAL_ADDR */
 	MODE_REOPEN = 5,	/* open one, close it, open another from SUB_CLOSED */
+	MODE_ADDRS = 6,		/* announce, remove, set_backup: each failure */
 };
 
 BPFPM_CONFIG_MAP;
@@ -97,6 +99,31 @@ static void on_closed(struct bpf_sock_ops *skops)
 	put(PROBE_MSK_CB_FLAGS, bpf_sock_ops_cb_flags_set(skops, 0));
 }
 
+/* MODE_ADDRS: what fails when served comes back as REQ_FAILED */
+static void on_established_addrs(struct bpf_sock_ops *skops)
+{
+	struct bpf_mptcp_endp any, own, other;
+	struct bpfpm_addr here;
+
+	bpfpm_endp(&any, NULL);
+	put(PROBE_ANNOUNCE_ANY, bpf_mptcp_announce_addr(skops, &any));
+	bpfpm_sk_addr(skops, true, &here);
+	bpfpm_endp(&own, &here);
+	/* the initial address has id 0 already: -EINVAL */
+	bpfpm_count(bpf_mptcp_announce_addr(skops, &own));
+	bpfpm_endp(&other, NULL);
+	other.family = AF_INET;
+	other.addr[0] = bpf_htonl(0xc0000201);	/* 192.0.2.1, TEST-NET-1 */
+	bpfpm_count(bpf_mptcp_announce_addr(skops, &other));
+	/* announced already: -EEXIST */
+	bpfpm_count(bpf_mptcp_announce_addr(skops, &other));
+	/* never used nor announced: -ENOENT */
+	other.addr[0] = bpf_htonl(0xc0000202);
+	bpfpm_count(bpf_mptcp_remove_addr(skops, &other));
+	/* the initial address to a peer address no subflow goes to: -EINVAL */
+	bpfpm_count(bpf_mptcp_set_backup(skops, &own, &other, true));
+}
+
 static void on_established(struct bpf_sock_ops *skops, __u32 mode)
 {
 	struct bpf_mptcp_endp src, dst;
@@ -124,6 +151,9 @@ static void on_established(struct bpf_sock_ops *skops, __u32 mode)
 		bpfpm_sk_addr(skops, true, &initial_addr);
 		initial_port = skops->local_port;
 		bpfpm_count(bpf_mptcp_open_subflow(skops, &src, &dst));
+		return;
+	case MODE_ADDRS:
+		on_established_addrs(skops);
 		return;
 	}
 
@@ -185,7 +215,7 @@ int probe(struct bpf_sock_ops *skops)
 		break;
 	case BPF_SOCK_OPS_MPTCP_LOCAL_ADDR_CB:
 		/* after accept(): an msk in the accept queue has no socket to
-		 * create subflows with (-EINVAL, seen as OPEN_FAILED)
+		 * create subflows with (-EINVAL, seen as REQ_FAILED)
 		 */
 		if (mode == MODE_SERVER_OPEN && (skops->mptcp_flags & BPF_MPTCP_F_SERVER_SIDE))
 			bpfpm_count(bpf_mptcp_open_subflow(skops, &src, &dst));

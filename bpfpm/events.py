@@ -14,7 +14,7 @@ from .scenario import poll
 # op - BPF_SOCK_OPS_MPTCP_CREATED_CB, so no op value is written here.
 OPS = dict(enumerate([
     "CREATED", "ESTABLISHED", "CLOSED", "SUB_ESTABLISHED", "SUB_CLOSED",
-    "ADD_ADDR", "RM_ADDR", "LOCAL_ADDR", "JOIN_REQ", "OPEN_FAILED",
+    "ADD_ADDR", "RM_ADDR", "LOCAL_ADDR", "JOIN_REQ", "REQ_FAILED",
 ]))
 FLAGS = {1: "server_side", 2: "fully_established", 4: "fallback", 8: "csum",
          16: "deny_join_id0"}
@@ -50,7 +50,7 @@ class Event:
 
     def addr(self, family: int | None = None) -> str | None:
         """The event's address, as text: the remote one of ADD_ADDR, the
-        local one of LOCAL_ADDR (OPEN_FAILED has both: see local_addr())."""
+        local one of LOCAL_ADDR (REQ_FAILED has both: see local_addr())."""
         words = self.local_words if self.op == "LOCAL_ADDR" else self.remote_words
         return ip(words, family or self.args[1])
 

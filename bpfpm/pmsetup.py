@@ -3,7 +3,8 @@
 Each one configures a Network for "open subflows like X": the in-kernel
 netlink PM through endpoints and limits, or a BPF PM through
 net.mptcp.pm_type=2 on the client plus its program and maps. The server
-always runs the in-kernel PM (it is the one that announces addresses).
+announces its other addresses through in-kernel signal endpoints, or, for
+"bpf-both", through the BPF fullmesh too: then no endpoint exists at all.
 """
 
 from __future__ import annotations
@@ -36,15 +37,14 @@ class Mesh:
                 if (":" in l) == (":" in r)}
 
 
-def common(net: Network, mesh: Mesh) -> None:
+def common(net: Network, mesh: Mesh, signal: bool = True) -> None:
     for side in ("client", "server"):
         net.limits(side, subflows=LIMIT, add_addr_accepted=LIMIT)
-    # The in-kernel PM announces one address at a time and moves on when the
-    # peer echoes it; a lost announcement waits add_addr_timeout (120 s by
-    # default) to be sent again. Seen once on a loaded host (dual stack: the
-    # second IPv6 address never announced within the scenario): 1 s.
+    # A lost announcement waits add_addr_timeout (120 s by default) to be
+    # sent again. Seen once on a loaded host (dual stack: the second IPv6
+    # address never announced within the scenario): 1 s.
     net.sysctl("server", "net.mptcp.add_addr_timeout", 1)
-    for i, addr in enumerate(mesh.remote[1:], 2):
+    for i, addr in enumerate(mesh.remote[1:] if signal else [], 2):
         net.endpoint("server", addr, "signal", id=10 + i)
 
 
@@ -54,16 +54,41 @@ def kernel_fullmesh(net: Network, mesh: Mesh, load_pm) -> None:
         net.endpoint("client", addr, "subflow", "fullmesh", id=i)
 
 
-def bpf_fullmesh(net: Network, mesh: Mesh, load_pm):
-    common(net, mesh)
-    net.sysctl("client", "net.mptcp.pm_type", 2)
+def bpf_fullmesh(net: Network, mesh: Mesh, load_pm, both_ends: bool = False):
+    """The BPF fullmesh on the client; both_ends: on the server too, which
+    announces mesh.remote[1:] itself (the `signals` map), no endpoint."""
+    common(net, mesh, signal=not both_ends)
     pm = load_pm("fullmesh")
+    for side in ("client", "server") if both_ends else ("client",):
+        net.sysctl(side, "net.mptcp.pm_type", 2)
     for i, addr in enumerate(mesh.local):
         pm.update("locals", i, struct.pack("<I", 1) + _addr_bytes(addr))
+    for i, addr in enumerate(mesh.remote[1:] if both_ends else []):
+        pm.update("signals", i, struct.pack("<I", 1) + _addr_bytes(addr))
     return pm
 
 
-FULLMESH = {"kernel": kernel_fullmesh, "bpf": bpf_fullmesh}
+def bpf_fullmesh_both_ends(net: Network, mesh: Mesh, load_pm):
+    return bpf_fullmesh(net, mesh, load_pm, both_ends=True)
+
+
+FULLMESH = {"kernel": kernel_fullmesh, "bpf": bpf_fullmesh, "bpf-both": bpf_fullmesh_both_ends}
+
+
+def bpf_backup(net: Network, regular: list[tuple[str, str]], backup: list[tuple[str, str]],
+               load_pm):
+    """The BPF backup PM on both ends (the server only accepts): a subflow
+    for each (local, remote) pair of `regular` (the initial one aside) and
+    of `backup`, the latter as backup."""
+    for side in ("client", "server"):
+        net.sysctl(side, "net.mptcp.pm_type", 2)
+        net.limits(side, subflows=LIMIT, add_addr_accepted=LIMIT)
+    pm = load_pm("backup")
+    pairs = [(p, 0) for p in regular] + [(p, 1) for p in backup]
+    for i, ((local, remote), bk) in enumerate(pairs):
+        pm.update("locals", i, struct.pack("<II", 1, bk) + _addr_bytes(local)
+                  + _addr_bytes(remote))
+    return pm
 
 
 def _ndiffports(net: Network, load_pm):

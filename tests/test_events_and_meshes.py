@@ -40,10 +40,10 @@ def test_fullmesh_expects_every_same_family_pair():
                                   ("fd00:1::1", "fd00:1::2")}
 
 
-def test_local_addr_and_open_failed_read_the_right_address():
+def test_local_addr_and_req_failed_read_the_right_address():
     v4 = [struct.unpack("<I", bytes([10, 0, 2, 1]))[0], 0, 0, 0]
     local = Event.from_map(raw_event(op=7, args=[1, 2, 3], local_addr=v4))
     assert (local.op, local.addr()) == ("LOCAL_ADDR", "10.0.2.1")
     failed = Event.from_map(raw_event(op=9, args=[99, 2, 0], local_addr=v4))
-    assert failed.op == "OPEN_FAILED"
+    assert failed.op == "REQ_FAILED"
     assert (failed.local_addr(), failed.addr()) == ("10.0.2.1", "10.0.2.2")

@@ -67,8 +67,10 @@ MESHES = {
 }
 
 
-@pytest.mark.parametrize("pm", ["kernel", "bpf"])
-@pytest.mark.parametrize("shape", list(MESHES))
+# bpf-both: the BPF fullmesh on the server too, announcing its addresses
+# itself; no endpoint on either side
+@pytest.mark.parametrize("shape,pm", [(s, pm) for pm in ("kernel", "bpf") for s in MESHES]
+                         + [(s, "bpf-both") for s in ("2x2", "1x3", "2x2-ipv6")])
 def test_fullmesh_opens_every_pair(network, load_pm, shape, pm):
     links, mk = MESHES[shape]
     net = network(TopoSpec.simple(links, rate_mbit=30))
@@ -189,7 +191,7 @@ def test_policy_pm_refuses_joins_from_a_denied_prefix(topo, load_pm):
 @pytest.mark.topo(links=1, rate_mbit=50)
 def test_fullmesh_retries_a_failed_pair_a_bounded_number_of_times(topo, load_pm):
     """A local address the host does not have: every open of its pair fails
-    in the worker (OPEN_FAILED, EADDRNOTAVAIL). fullmesh tries it again 3
+    in the worker (REQ_FAILED, EADDRNOTAVAIL). fullmesh tries it again 3
     times, then gives up; the connection is not disturbed."""
     t = topo.spec
     pm = FULLMESH["bpf"](topo, Mesh([t.addr("client", 1), "192.0.2.1"], [t.addr("server", 1)]),

@@ -1,5 +1,6 @@
-"""bpf_mptcp_open_subflow()/bpf_mptcp_close_subflow(): what they refuse,
-with which errno, and that they hold up under load and on closing sockets.
+"""The path-manager kfuncs (open/close subflows, announce/remove addresses,
+set backup): what they refuse, with which errno, and that they hold up
+under load and on closing sockets.
 
 The kfunc_probe program (bpf-pms/kfunc_probe.bpf.c) calls them wrongly on
 purpose from the softirq callbacks and stores what they return.
@@ -15,10 +16,11 @@ MiB = 1 << 20
 pytestmark = [pytest.mark.vm, pytest.mark.topo(links=1)]
 
 from vmtests.kfunc_probe import (
-    BAD_FAMILY, CLOSE_ALL, CLOSE_BAD, FAMILY_MISMATCH, FROM_CREATED, FROM_TCP_OP,
-    MODE_BOGUS_SRC, MODE_CLOSE_INITIAL, MODE_FLOOD, MODE_REOPEN, MODE_SERVER_OPEN,
+    ANNOUNCE_ANY, BAD_FAMILY, CLOSE_ALL, CLOSE_BAD, FAMILY_MISMATCH, FROM_CREATED, FROM_TCP_OP,
+    MODE_ADDRS, MODE_BOGUS_SRC, MODE_CLOSE_INITIAL, MODE_FLOOD, MODE_REOPEN, MODE_SERVER_OPEN,
     MSK_CB_FLAGS, MSK_GETSOCKOPT, MSK_SETSOCKOPT, NOT_BPF_PM, OK, PLAIN_TCP, QUEUE_FULL,
-    REFUSE_OUTSIDE_JOIN, REOPEN, TCP_OP_FIELDS, rets)
+    REFUSE_OUTSIDE_JOIN, REOPEN, REQ_ANNOUNCE, REQ_BACKUP, REQ_OPEN, REQ_REMOVE, TCP_OP_FIELDS,
+    rets)
 
 
 # CREATED, ACTIVE_ESTABLISHED and the valid ESTABLISHED request take 3 of
@@ -107,20 +109,20 @@ def test_closing_with_requests_pending_leaves_nothing_behind(topo, load_pm, reco
 def test_a_failure_in_the_worker_reaches_the_program(topo, load_pm, recorder):
     """A request that fails when served, before any socket exists (here a
     source address the host does not have: bind() fails), is reported as
-    OPEN_FAILED with its errno and addresses; its address id is released."""
+    REQ_FAILED with its errno and addresses; its address id is released."""
     topo.use_bpf_pm("client", "server")
     probe = load_pm("kfunc_probe")
     probe.set_config(MODE_BOGUS_SRC)
 
     with topo.transfer(1 * MiB, hold=True) as xfer:
-        evs = recorder.wait(lambda evs: count(evs, "OPEN_FAILED"), what="OPEN_FAILED")
+        evs = recorder.wait(lambda evs: count(evs, "REQ_FAILED"), what="REQ_FAILED")
     res = xfer.result
     res.assert_intact()
-    (failed,) = [e for e in evs if e.op == "OPEN_FAILED"]
-    assert failed.args[0] == errno.EADDRNOTAVAIL, failed
+    (failed,) = [e for e in evs if e.op == "REQ_FAILED"]
+    assert (failed.args[0], failed.args[2]) == (errno.EADDRNOTAVAIL, REQ_OPEN), failed
     assert failed.loc_token == res.client["conn"]["token"]
     assert (failed.local_addr(), failed.addr()) == ("192.0.2.1", topo.spec.addr("server", 1))
-    assert not failed.is_fullsock, "OPEN_FAILED runs on the msk"
+    assert not failed.is_fullsock, "REQ_FAILED runs on the msk"
     assert probe.results() == {0: 1}, "the request was queued"
     assert res.client["conn"]["local_addr_used"] == 0, "the address id was not released"
 
@@ -192,3 +194,30 @@ def test_the_server_side_opens_a_subflow(topo, load_pm, recorder, vm):
     assert closed.args[2] >> 8 == 0, "a join the client never accepted"
     syn = vm.run(f"ip netns exec {topo.spec.server_ns} nstat -az MPTcpExtMPJoinSynTx").stdout
     assert int(syn.split()[-2]) >= 1, syn
+
+
+def test_address_and_backup_requests_that_fail_are_reported(topo, load_pm, recorder):
+    """announce/remove/set_backup validate what they can at once (no
+    address: -EINVAL) and report what fails when served as REQ_FAILED, with
+    the errno and the request: the initial address announced (-EINVAL, it
+    is id 0), an address announced twice (-EEXIST), one removed that was
+    never used (-ENOENT), MP_PRIO for a subflow that does not exist
+    (-EINVAL). The address announced once reaches the server."""
+    topo.use_bpf_pm("client", "server")
+    probe = load_pm("kfunc_probe")
+    probe.set_config(MODE_ADDRS)
+
+    with topo.transfer(1 * MiB, hold=True) as xfer:
+        evs = recorder.wait(lambda evs: count(evs, "REQ_FAILED") >= 4, what="4 REQ_FAILED")
+        srv = recorder.wait(lambda evs: count(evs, "ADD_ADDR"), what="ADD_ADDR on the server")
+    res = xfer.result
+    res.assert_intact()
+    assert rets(probe)[ANNOUNCE_ANY] == errno.EINVAL
+    assert probe.results() == {0: 5}, "5 requests queued"
+    tok = res.client["conn"]["token"]
+    failed = sorted((e.args[2], e.args[0]) for e in evs
+                    if e.op == "REQ_FAILED" and e.loc_token == tok)
+    assert failed == sorted([(REQ_ANNOUNCE, errno.EINVAL), (REQ_ANNOUNCE, errno.EEXIST),
+                             (REQ_REMOVE, errno.ENOENT), (REQ_BACKUP, errno.EINVAL)]), failed
+    (add,) = [e for e in srv if e.op == "ADD_ADDR"]
+    assert add.addr() == "192.0.2.1" and add.args[0] > 0, add

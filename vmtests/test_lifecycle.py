@@ -118,7 +118,7 @@ def test_fallback_with_requests_queued(topo, load_pm, recorder):
     ev = by_token(evs, ctok)
     assert ev["CLOSED"][-1].args[0] == 1
     assert ev["CLOSED"][-1].seq == max(e.seq for e in evs if e.loc_token == ctok)
-    assert not ev.get("SUB_ESTABLISHED") and not ev.get("OPEN_FAILED")
+    assert not ev.get("SUB_ESTABLISHED") and not ev.get("REQ_FAILED")
     assert rets(probe)[FROM_CREATED] == 0, "the CREATED request was not queued"
 
 
