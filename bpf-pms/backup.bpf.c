@@ -12,8 +12,6 @@
  */
 #include "bpfpm.h"
 
-#define MAX_CONNS 4096
-
 struct backup_addr {
 	__u32 used;
 	__u32 backup;
@@ -32,25 +30,23 @@ struct {
 	__type(value, struct backup_addr);
 } locals SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_CONNS);
-	__type(key, __u32);		/* local token */
-	__type(value, struct conn);
-} conns SEC(".maps");
+BPFPM_CONNS_MAP(struct conn);
 
 BPFPM_STATS_MAP
 
 struct walk {
 	struct bpf_sock_ops *skops;
-	struct bpfpm_addr skip;	/* established: the initial address */
+	struct bpfpm_addr skip;	/* opening: the initial address */
 	struct bpfpm_addr find;	/* lookup: the address looked for */
+	__u32 open;		/* each_local: open subflows, or mark them */
 	__u32 mark;		/* marking: the backup flag to set */
 	__u32 slot;		/* lookup: where `find` is, or BPFPM_MAX_ADDRS */
 };
 
-/* established: open a subflow from locals[i], as backup if flagged */
-static long open_one(__u32 i, void *data)
+/* Opening: a subflow from locals[i], as backup if flagged. Marking:
+ * MP_PRIO with backup = w->mark on the subflows of a backup address.
+ */
+static long each_local(__u32 i, void *data)
 {
 	struct walk *w = data;
 	struct bpf_mptcp_endp src, dst;
@@ -59,32 +55,21 @@ static long open_one(__u32 i, void *data)
 	l = bpf_map_lookup_elem(&locals, &i);
 	if (!l)
 		return 1;
-	if (!l->used || bpfpm_addr_eq(&l->a, &w->skip) ||
-	    l->a.family != w->skip.family)
+	if (!l->used)
 		return 0;
 	bpfpm_endp(&src, &l->a);
+	if (!w->open) {
+		bpfpm_endp(&dst, NULL);
+		if (l->backup)
+			bpfpm_count(bpf_mptcp_set_backup(w->skops, &src, &dst, w->mark));
+		return 0;
+	}
+	if (bpfpm_addr_eq(&l->a, &w->skip) || l->a.family != w->skip.family)
+		return 0;
 	bpfpm_endp(&dst, l->dst.family ? &l->dst : NULL);
 	if (l->backup)
 		bpfpm_count(bpf_mptcp_set_backup(w->skops, &src, &dst, true));
 	bpfpm_count(bpf_mptcp_open_subflow(w->skops, &src, &dst));
-	return 0;
-}
-
-/* MP_PRIO with backup = w->mark on the subflows of the backup addresses */
-static long mark_one(__u32 i, void *data)
-{
-	struct walk *w = data;
-	struct bpf_mptcp_endp src, dst;
-	struct backup_addr *l;
-
-	l = bpf_map_lookup_elem(&locals, &i);
-	if (!l)
-		return 1;
-	if (!l->used || !l->backup)
-		return 0;
-	bpfpm_endp(&src, &l->a);
-	bpfpm_endp(&dst, NULL);
-	bpfpm_count(bpf_mptcp_set_backup(w->skops, &src, &dst, w->mark));
 	return 0;
 }
 
@@ -113,8 +98,9 @@ static __always_inline struct backup_addr *lookup(struct walk *w)
 
 static __always_inline void mark(struct walk *w, __u32 backup)
 {
+	w->open = 0;
 	w->mark = backup;
-	bpf_loop(BPFPM_MAX_ADDRS, mark_one, w, 0);
+	bpf_loop(BPFPM_MAX_ADDRS, each_local, w, 0);
 }
 
 /* a regular address removed: close its subflows; added: open it again */
@@ -123,14 +109,16 @@ static void on_local_addr(struct walk *w)
 	struct bpf_sock_ops *skops = w->skops;
 	struct bpf_mptcp_endp src, dst;
 	struct backup_addr *l;
+	__u32 added;
 
 	bpfpm_event_addr(skops, skops->args[2], true, &w->find);
 	l = lookup(w);
 	if (!l || l->backup)
 		return;
 	bpfpm_endp(&src, &w->find);
-	bpfpm_endp(&dst, skops->args[1] && l->dst.family ? &l->dst : NULL);
-	if (skops->args[1])
+	added = BPFPM_CTX(skops->args[1]);
+	bpfpm_endp(&dst, added && l->dst.family ? &l->dst : NULL);
+	if (added)
 		bpfpm_count(bpf_mptcp_open_subflow(skops, &src, &dst));
 	else
 		bpfpm_count(bpf_mptcp_close_subflow(skops, &src, &dst));
@@ -163,7 +151,8 @@ int backup(struct bpf_sock_ops *skops)
 	case BPF_SOCK_OPS_MPTCP_ESTABLISHED_CB:
 		if (skops->is_fullsock) {
 			bpfpm_sk_addr(skops, true, &w.skip);
-			bpf_loop(BPFPM_MAX_ADDRS, open_one, &w, 0);
+			w.open = 1;
+			bpf_loop(BPFPM_MAX_ADDRS, each_local, &w, 0);
 		}
 		break;
 	case BPF_SOCK_OPS_MPTCP_SUB_ESTABLISHED_CB:

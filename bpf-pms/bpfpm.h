@@ -150,6 +150,17 @@ struct {								\
 	__type(value, __u32);						\
 } config SEC(".maps")
 
+/* Per-connection state, keyed by the local token. */
+#define BPFPM_MAX_CONNS	4096
+
+#define BPFPM_CONNS_MAP(value_type)					\
+struct {								\
+	__uint(type, BPF_MAP_TYPE_HASH);				\
+	__uint(max_entries, BPFPM_MAX_CONNS);				\
+	__type(key, __u32);						\
+	__type(value, value_type);					\
+} conns SEC(".maps")
+
 /* Errors seen by a PM, by errno (index 0 counts successes). */
 #define BPFPM_ERRNO_SLOTS 128	/* errnos up to 126; 127: anything else */
 

@@ -19,7 +19,6 @@
  */
 #include "bpfpm.h"
 
-#define MAX_CONNS 4096
 #define MAX_TRIES 3	/* retries of one pair, per connection */
 
 struct local_addr {
@@ -43,12 +42,7 @@ struct {
 	__type(value, struct local_addr);
 } locals SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_CONNS);
-	__type(key, __u32);		/* local token */
-	__type(value, struct conn);
-} conns SEC(".maps");
+BPFPM_CONNS_MAP(struct conn);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -291,23 +285,26 @@ static void on_req_failed(struct bpf_sock_ops *skops, struct conn *c)
 	on_failed(skops, c, &local, &remote);
 }
 
+struct announce_ctx {
+	struct bpf_sock_ops *skops;
+	struct bpfpm_addr own;	/* the connection's local address */
+};
+
 /* passive side: announce signals[i] if it is not the connection's own */
 static long announce_one(__u32 i, void *data)
 {
-	struct bpf_sock_ops *skops = data;
+	struct announce_ctx *an = data;
 	struct bpf_mptcp_endp e;
 	struct local_addr *l;
-	struct bpfpm_addr own;
 
 	l = bpf_map_lookup_elem(&signals, &i);
 	if (!l)
 		return 1;
-	bpfpm_sk_addr(skops, true, &own);
-	if (!l->used || !usable(&l->a) || l->a.family != own.family ||
-	    bpfpm_addr_eq(&l->a, &own))
+	if (!l->used || !usable(&l->a) || l->a.family != an->own.family ||
+	    bpfpm_addr_eq(&l->a, &an->own))
 		return 0;
 	bpfpm_endp(&e, &l->a);
-	bpfpm_count(bpf_mptcp_announce_addr(skops, &e));
+	bpfpm_count(bpf_mptcp_announce_addr(an->skops, &e));
 	return 0;
 }
 
@@ -321,7 +318,7 @@ static void on_server_local_addr(struct bpf_sock_ops *skops)
 	if (!usable(&a) || a.family != skops->family)
 		return;
 	bpfpm_endp(&e, &a);
-	if (skops->args[1])
+	if (BPFPM_CTX(skops->args[1]))
 		bpfpm_count(bpf_mptcp_announce_addr(skops, &e));
 	else
 		bpfpm_count(bpf_mptcp_remove_addr(skops, &e));
@@ -329,9 +326,12 @@ static void on_server_local_addr(struct bpf_sock_ops *skops)
 
 static int on_server(struct bpf_sock_ops *skops)
 {
-	if (skops->op == BPF_SOCK_OPS_MPTCP_ESTABLISHED_CB && skops->is_fullsock)
-		bpf_loop(BPFPM_MAX_ADDRS, announce_one, skops, 0);
-	else if (skops->op == BPF_SOCK_OPS_MPTCP_LOCAL_ADDR_CB)
+	struct announce_ctx an = { .skops = skops };
+
+	if (skops->op == BPF_SOCK_OPS_MPTCP_ESTABLISHED_CB && skops->is_fullsock) {
+		bpfpm_sk_addr(skops, true, &an.own);
+		bpf_loop(BPFPM_MAX_ADDRS, announce_one, &an, 0);
+	} else if (skops->op == BPF_SOCK_OPS_MPTCP_LOCAL_ADDR_CB)
 		on_server_local_addr(skops);
 	return 1;
 }

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Fuzzer: on every op, MPTCP or TCP, calls the path-manager kfuncs with
- * random and edge-case endpoint pairs, and counts what they return, by
- * errno. config[0] = calls per op (default 32, at most 256).
+/* Fuzzer: on every op, MPTCP or TCP, calls the path-manager kfuncs (open,
+ * close, announce, remove, set_backup) with random and edge-case
+ * endpoints, and counts what they return, by errno. config[0] = calls per
+ * op (default 32, at most 256).
  *
  * Families 0, AF_INET, AF_INET6 and others; addresses ANY, loopback,
  * multicast, link-local, v4-mapped, the topology's own, unroutable and
@@ -106,10 +107,22 @@ static long one_call(__u32 i, void *data)
 
 	pick(&src);
 	pick(&dst);
-	if (bpf_get_prandom_u32() & 1)
+	switch (bpf_get_prandom_u32() % 8) {
+	case 0: case 1: case 2:
 		ret = bpf_mptcp_open_subflow(skops, &src, &dst);
-	else
+		break;
+	case 3: case 4:
 		ret = bpf_mptcp_close_subflow(skops, &src, &dst);
+		break;
+	case 5:
+		ret = bpf_mptcp_announce_addr(skops, &src);
+		break;
+	case 6:
+		ret = bpf_mptcp_remove_addr(skops, &src);
+		break;
+	default:
+		ret = bpf_mptcp_set_backup(skops, &src, &dst, bpf_get_prandom_u32() & 1);
+	}
 	bpfpm_count(ret);
 	bpfpm_bump(&totals, 0);
 	return 0;

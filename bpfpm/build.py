@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 from . import cache, kconfig, log, patches, source
-from .errors import BpfpmError
+from .errors import BpfpmError, DiskFull
 from .paths import cache_dir
 
 COLD_STEPS = 2810
@@ -264,8 +264,13 @@ def _run_make(argv: list[str], logf, total_hint: int, keep_fds: tuple[int, ...] 
     return count
 
 
-def _make(src: Path, build: Path, targets: list[str], logf, total_hint: int,
-          keep_fds: tuple[int, ...] = ()) -> int:
+def make(src: Path, build: Path, targets: list[str], logf, total_hint: int,
+         keep_fds: tuple[int, ...] = ()) -> int:
+    """make `targets` of `src` out of tree in `build` (ccache, BPFPM_JOBS
+    jobs), with progress against `total_hint` steps (0: unknown), output in
+    logf, make's process group taken down on an interrupt; the steps made.
+    A failure is a BpfpmError naming the first error, DiskFull for a full
+    disk."""
     jobs = os.environ.get("BPFPM_JOBS", str(os.cpu_count() or 1))
     argv = ["make", "-C", str(src), f"O={build}", f"-j{jobs}",
             "CC=ccache gcc", "HOSTCC=ccache gcc", *targets]
@@ -386,9 +391,9 @@ def _build_in_place(src: source.KernelSource, series: list[Path], key: str, debu
                 # an incremental build is short and its size unknown
                 cold = not (bdir / "vmlinux").exists()
                 hint = (prev.get("steps", 0) or COLD_STEPS) if cold else 0
-                steps = _make(tree, bdir, ["bzImage"], logf, hint, (lock_fd,))
+                steps = make(tree, bdir, ["bzImage"], logf, hint, (lock_fd,))
     except BpfpmError as e:
-        if "no space left on" not in str(e) and logfile.exists() and \
+        if not isinstance(e, DiskFull) and logfile.exists() and \
                 cache.says_no_space(logfile.read_text(errors="replace")):
             raise cache.no_space() from e
         raise

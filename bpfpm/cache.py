@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from . import log
-from .errors import BpfpmError
+from .errors import BpfpmError, DiskFull
 from .paths import cache_dir
 
 STAMP = "bpfpm-build.json"   # written last: a kernel dir without it is not a kernel
@@ -73,9 +73,9 @@ def free_gib(path: Path | None = None) -> float:
         return float("nan")
 
 
-def no_space() -> BpfpmError:
+def no_space() -> DiskFull:
     c = cache_dir()
-    return BpfpmError(f"no space left on {c} ({free_gib(c):.1f} GiB free): run "
+    return DiskFull(f"no space left on {c} ({free_gib(c):.1f} GiB free): run "
                       "`bpfpm cache prune` or set BPFPM_CACHE to a bigger disk")
 
 

@@ -10,6 +10,10 @@ class BpfpmError(Exception):
     exit_code = 1
 
 
+class DiskFull(BpfpmError):
+    """The cache's disk is full or over quota; the message says how to free it."""
+
+
 class GuestError(BpfpmError):
     """The guest is gone or unusable; the run cannot go on with it."""
 

@@ -20,6 +20,7 @@ import re
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from unittest import mock
 
 from . import log, patches, results, runner
 from .errors import BpfpmError
@@ -43,20 +44,13 @@ def _pytest(tests: list[str], run: Path, extra: Path | None) -> tuple[int, float
     that an interrupt stops once, guests reaped) with `run` as its results
     root and `extra` on top of the series."""
     env = {"BPFPM_RESULTS": str(run), "BPFPM_EXTRA_PATCHES": str(extra) if extra else ""}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     t0 = time.monotonic()
-    try:
-        rc = runner.run_pytest(tests)
-    except BpfpmError as e:             # e.g. the kernel does not build with it
-        log.error(str(e))
-        rc = -1
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with mock.patch.dict(os.environ, env):
+        try:
+            rc = runner.run_pytest(tests)
+        except BpfpmError as e:         # e.g. the kernel does not build with it
+            log.error(str(e))
+            rc = -1
     return rc, time.monotonic() - t0
 
 

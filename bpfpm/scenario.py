@@ -13,12 +13,25 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import re
 
 import tenacity
 
 from .topology import TopoSpec
 
 _ports = itertools.count(10000)
+
+_SS_SUBFLOW = re.compile(r"^\s*\d+\s+\d+\s+\[?([0-9a-fA-F.:]+?)\]?:\d+\s+"
+                         r"\[?([0-9a-fA-F.:]+?)\]?:\d+\s.*?tcp-ulp-mptcp(?: flags:(\S+))?")
+
+
+def parse_subflow_flags(text: str) -> list[dict]:
+    """`ss -HtinO state established` -> [{'local', 'remote', 'flags'}], one
+    per MPTCP subflow. flags are ss's letters: b the local end is backup, B
+    the peer's (MP_JOIN or MP_PRIO with the B bit), j/J joined, e fully
+    established..."""
+    return [{"local": m.group(1), "remote": m.group(2), "flags": m.group(3) or ""}
+            for m in map(_SS_SUBFLOW.match, text.splitlines()) if m]
 
 
 def poll(fn, timeout: float, every: float, failure, scale: float):
@@ -192,6 +205,12 @@ class Network:
         return "".join(self.guest.run(f"ip netns exec {ns} ss -HMna").stdout
                        for ns in (self.spec.client_ns, self.spec.server_ns)).strip()
 
+    def subflow_flags(self, side: str) -> list[dict]:
+        """The established MPTCP subflows of `side`, with their flags as ss
+        shows them (parse_subflow_flags)."""
+        return parse_subflow_flags(self.guest.run(
+            f"ip netns exec {self.ns(side)} ss -HtinO state established").stdout)
+
     def counters(self, side: str) -> dict[str, int]:
         """The side's SNMP and MIB counters, by nstat name (MPTcpExtAddAddr, ...)."""
         return self.guest.call("counters", ns=self.ns(side))
@@ -322,6 +341,15 @@ class Monitor:
         return poll(find, timeout, 0.1,
                     lambda t: f"no {kind} {match or ''} event in {self.side} netns within "
                               f"{t:.0f}s; seen: {self.events()}", self.net.scale)
+
+    def wait_for_subflow(self, kind: str, local: str | None = None,
+                         remote: str | None = None, timeout: float = 30, **match) -> dict:
+        """wait_for() a subflow event (SF_ESTABLISHED, SF_CLOSED, SF_PRIO) of
+        this side's `local` and/or `remote` address, of either family."""
+        for key, addr in (("saddr", local), ("daddr", remote)):
+            if addr is not None:
+                match[key + ("6" if ":" in addr else "4")] = addr
+        return self.wait_for(kind, timeout, **match)
 
     def stop(self) -> None:
         self.net.guest.call("proc.kill", handle=self.handle)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from . import build, kconfig, log, patches, results, source
-from .errors import BpfpmError
+from .errors import BpfpmError, DiskFull
 from .paths import cache_dir
 
 # name: (options switched off, directories built; None: all of _targets()).
@@ -93,15 +93,15 @@ def _configure(tree: Path, bdir: Path, disable: list[str], guest: Path, logf) ->
 
 
 def _make(tree: Path, bdir: Path, targets: list[str], logfile: Path) -> tuple[int, list[str]]:
-    """build._make (progress, make's process group taken down on Ctrl-C, a
+    """build.make (progress, make's process group taken down on Ctrl-C, a
     full disk named) with W=1; make's status and the diagnostics it printed."""
     with open(logfile, "w") as f:
         try:
-            build._make(tree, bdir, ["W=1", *targets], f, 0)
+            build.make(tree, bdir, ["W=1", *targets], f, 0)
             rc = 0
-        except BpfpmError as e:
-            if "no space left" in str(e):
-                raise
+        except DiskFull:
+            raise
+        except BpfpmError:
             rc = 1
     diags = []
     for line in logfile.read_text(errors="replace").splitlines():

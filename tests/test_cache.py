@@ -125,7 +125,7 @@ def test_interrupted_build_removes_the_stamp_and_publishes_nothing(cache_env, fa
         assert (bdir / build.CONFIGURED).read_text() == "cfg"
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(build, "_make", make)
+    monkeypatch.setattr(build, "make", make)
     with pytest.raises(KeyboardInterrupt):
         build.build()
     assert not (bdir / cache.STAMP).exists()
@@ -137,7 +137,7 @@ def test_interrupted_build_removes_the_stamp_and_publishes_nothing(cache_env, fa
     # every object)
     configured = []
     monkeypatch.setattr(kconfig, "configure", lambda *a: configured.append(a))
-    monkeypatch.setattr(build, "_make", lambda *a, **kw: 42)
+    monkeypatch.setattr(build, "make", lambda *a, **kw: 42)
     kb = build.build()
     assert configured == []
     assert json.loads((bdir / cache.STAMP).read_text())["key"] == fake_source

@@ -1,3 +1,4 @@
+from bpfpm import scenario
 from bpfpm.guest import mptcp, mptcpinfo
 
 
@@ -20,3 +21,14 @@ def test_merge_seen_keeps_closed_subflows_and_max_counters():
     mptcpinfo.merge_seen(seen, [dict(sf, bytes_acked=50)])
     mptcpinfo.merge_seen(seen, [])
     assert list(seen.values())[0]["bytes_acked"] == 50
+
+
+def test_ss_lines_become_subflows_with_their_flags():
+    text = ("0 0 10.0.1.1:43210 10.0.1.2:10001 users:((\"python3\",pid=7,fd=3)) cubic "
+            "rto:204 tcp-ulp-mptcp flags:Mmec token:0000(id:0)/1234(id:0) seq:1\n"
+            "0 0 [fd00:2::1]:5555 [fd00:2::2]:10002 cubic tcp-ulp-mptcp flags:Jjbec "
+            "token:1(id:2)/2(id:1)\n"
+            "0 0 10.0.9.1:1 10.0.9.2:2 cubic rto:204\n")
+    assert scenario.parse_subflow_flags(text) == [
+        {"local": "10.0.1.1", "remote": "10.0.1.2", "flags": "Mmec"},
+        {"local": "fd00:2::1", "remote": "fd00:2::2", "flags": "Jjbec"}]

@@ -104,7 +104,7 @@ def test_fullmesh_follows_an_endpoint_added_then_removed(topo, load_pm, family):
         topo.endpoint("client", new, "subflow", id=20)
         xfer.wait_progress(0.5)
         topo.endpoint_del("client", id=20)
-        mon.wait_for("SF_CLOSED", **{f"saddr{family}": new})
+        mon.wait_for_subflow("SF_CLOSED", local=new)
 
     res = xfer.result
     res.assert_intact()
@@ -129,7 +129,7 @@ def test_fullmesh_joins_announced_address_and_leaves_it_on_rm_addr(topo, load_pm
         xfer.wait_progress(0.4)
         topo.endpoint_del("server", id=12)
         mon.wait_for("REMOVED")
-        mon.wait_for("SF_CLOSED", **{f"daddr{family}": announced})
+        mon.wait_for_subflow("SF_CLOSED", remote=announced)
 
     res = xfer.result
     res.assert_intact()

@@ -66,7 +66,7 @@ def test_endpoint_removed_mid_transfer_sends_rm_addr(topo, family):
         xfer.wait_progress(0.3)
         topo.endpoint_del("server", id=2)
         mon.wait_for("REMOVED", remid=2)
-        mon.wait_for("SF_CLOSED", **{f"daddr{family}": announced})
+        mon.wait_for_subflow("SF_CLOSED", remote=announced)
 
     res = xfer.result
     res.assert_intact()
