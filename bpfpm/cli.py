@@ -266,6 +266,11 @@ def main(argv=None) -> int:
     a = parser().parse_args(argv)
     # SIGTERM unwinds like Ctrl-C, so builds and VMs are cleaned up
     signal.signal(signal.SIGTERM, _terminated)
+    # A shell starts its background jobs with SIGINT ignored, and exec keeps
+    # it so: Ctrl-C, and the interrupt the runner forwards to pytest, would
+    # do nothing. Our children start with it at its default again.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return a.fn(a)
     except BpfpmError as e:

@@ -1,6 +1,7 @@
 """Ctrl-C and SIGTERM on a whole `bpfpm test` run, as a terminal or CI
 sends them (to the process group): every process it started ends within
-15 s, and what it did so far is kept."""
+15 s, and what it did so far is kept. The run is started as a script's
+background job is, with SIGINT ignored: an interrupt must still work."""
 
 import os
 import signal
@@ -36,6 +37,10 @@ def _children(pid):
         return []
 
 
+def _as_a_background_job():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _pid(f):
     try:
         return int(f.read_text().strip())
@@ -52,7 +57,8 @@ def test_interrupt_ends_every_process_and_keeps_results(kernel, tmp_path, sig, s
     out = open(tmp_path / "outer.log", "wb")
     p = subprocess.Popen([sys.executable, "-m", "bpfpm.cli", "test", "vmtests/test_kernel_pm.py"],
                          cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                         stderr=subprocess.STDOUT, start_new_session=True)
+                         stderr=subprocess.STDOUT, start_new_session=True,
+                         preexec_fn=_as_a_background_job)
     try:
         run = _wait("run directory", lambda: next(tmp_path.glob("*-test"), None), 120)
         console = run / "guest1.console.log"
