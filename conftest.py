@@ -120,6 +120,10 @@ def vm(guest, request, run_dir):
         return
     leaks = guest.kmemleak_scan() if guest.debug and vm.alive() else ""
     check = guest.end_test(request.node.nodeid, begin)
+    if vm.channel is not None:
+        with open(run_dir / "calls.jsonl", "a") as f:
+            f.write(json.dumps({"test": request.node.nodeid,
+                                "ops": vm.channel.take_op_times()}) + "\n")
     slug = request.node.name.replace("/", "_")
     (run_dir / "dmesg").mkdir(exist_ok=True)
     (run_dir / "dmesg" / f"{slug}.log").write_text(check.text)

@@ -102,6 +102,16 @@ def bounded(fn, timeout: float, what: str, on_timeout):
     return box["r"]
 
 
+def _command_name(cmd: str) -> str:
+    """The program a shell command runs, past `ip netns exec NS` (for the
+    per-op times)."""
+    words = cmd.split()
+    if words[:3] == ["ip", "netns", "exec"]:
+        words = words[4:]
+    return " ".join(words[:2]) if words[:1] == ["ip"] or words[:1] == ["bpftool"] else \
+        (words[0] if words else "")
+
+
 class Channel:
     """Requests to the guest agent, replies matched by id."""
 
@@ -126,6 +136,7 @@ class Channel:
         self.last_beat = time.monotonic()
         self._stderr = bytearray()
         self._log = open(log, "ab") if log else None
+        self.op_times: dict[str, list] = {}     # op -> [calls, seconds], see take_op_times
         self._reader = threading.Thread(target=self._read, daemon=True,
                                         name=f"channel-{name}")
         self._reader.start()
@@ -245,6 +256,7 @@ class Channel:
                 raise CallTimeout(f"guest {self.name}: the agent is still busy with {stuck[0]}, "
                                   f"which timed out earlier; {op} not sent")
             self._waiting.add(rid)
+        t0 = time.monotonic()
         try:
             try:
                 self.chan.sendall(msg)
@@ -262,9 +274,19 @@ class Channel:
             with self._cv:
                 self._waiting.discard(rid)
                 self._replies.pop(rid, None)
+            label = op if op != "run" else "run " + _command_name(args.get("cmd", ""))
+            t = self.op_times.setdefault(label, [0, 0.0])
+            t[0] += 1
+            t[1] += time.monotonic() - t0
         if not resp.get("ok"):
             raise AgentError(op, resp)
         return resp.get("result")
+
+    def take_op_times(self) -> dict[str, list]:
+        """Calls and seconds per op since the last take (where a test's
+        time goes: <run>/calls.jsonl)."""
+        got, self.op_times = self.op_times, {}
+        return {op: [n, round(s, 3)] for op, (n, s) in sorted(got.items(), key=lambda kv: -kv[1][1])}
 
     def _wait(self, rid: int, op: str, deadline: float) -> dict:
         with self._cv:
