@@ -379,6 +379,7 @@ def _build_in_place(src: source.KernelSource, series: list[Path], key: str, debu
                 # interrupted build keeps its .config, and configuring again
                 # would make every object look out of date
                 configured = bdir / CONFIGURED
+                reconfigured = False
                 if not (bdir / ".config").exists() or not configured.exists() or \
                         configured.read_text() != ckey:
                     log.step("configuring (defconfig + kvm_guest + " +
@@ -386,10 +387,12 @@ def _build_in_place(src: source.KernelSource, series: list[Path], key: str, debu
                     configured.unlink(missing_ok=True)
                     kconfig.configure(tree, bdir, debug, logf)
                     cache.atomic_write(configured, ckey)
+                    reconfigured = True
                 # the ETA is for a build from scratch: steps of the last full
                 # build here, or of a cold build of the base config (2810);
-                # an incremental build is short and its size unknown
-                cold = not (bdir / "vmlinux").exists()
+                # an incremental build is short and its size unknown. A new
+                # config rebuilds about everything (autoconf.h changes).
+                cold = reconfigured or not (bdir / "vmlinux").exists()
                 hint = (prev.get("steps", 0) or COLD_STEPS) if cold else 0
                 steps = make(tree, bdir, ["bzImage"], logf, hint, (lock_fd,))
     except BpfpmError as e:
