@@ -30,6 +30,11 @@ def inside(ns: str):
         netns.popns()
 
 
+def enter(ns: str) -> None:
+    """Move this process (a fresh fork: one thread) into netns `ns` for good."""
+    netns.setns(ns, flags=0)
+
+
 def sysctl(ns: str, key: str, value: str | None = None) -> str:
     with inside(ns):
         path = "/proc/sys/" + key.replace(".", "/") if "/" not in key else "/proc/sys/" + key
