@@ -80,9 +80,7 @@ def bpf_backup(net: Network, regular: list[tuple[str, str]], backup: list[tuple[
     """The BPF backup PM on both ends (the server only accepts): a subflow
     for each (local, remote) pair of `regular` (the initial one aside) and
     of `backup`, the latter as backup."""
-    for side in ("client", "server"):
-        net.sysctl(side, "net.mptcp.pm_type", 2)
-        net.limits(side, subflows=LIMIT, add_addr_accepted=LIMIT)
+    net.use_bpf_pm("client", "server", subflows=LIMIT, add_addr_accepted=LIMIT)
     pm = load_pm("backup")
     pairs = [(p, 0) for p in regular] + [(p, 1) for p in backup]
     for i, ((local, remote), bk) in enumerate(pairs):

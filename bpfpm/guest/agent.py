@@ -39,8 +39,8 @@ class Procs:
         self.procs: dict[int, dict] = {}
 
     def start(self, ns: str | None, argv: list[str], kind: str, files: dict) -> int:
-        """argv in netns ns, in a session of its own. [*PY, "bpfpm.guest.xfer",
-        ...] is forked from this agent instead: a new Python under TCG takes
+        """argv in netns ns, in a session of its own. [*XFER, ...] is forked
+        from this agent instead: a new Python under TCG takes
         about 1.4 s to get there, a fork a few ms."""
         h = next(self.ids)
         d = WORK / f"p{h}"
@@ -48,8 +48,8 @@ class Procs:
         files = {k: str(d / v) for k, v in files.items()}
         argv = [a.format(**files) for a in argv]
         with open(d / "stdout", "wb") as out, open(d / "stderr", "wb") as err:
-            if argv[:3] == [*PY, "bpfpm.guest.xfer"]:
-                p = Forked(ns, argv[3:], out, err)
+            if argv[:len(XFER)] == XFER:
+                p = Forked(ns, argv[len(XFER):], out, err)
             else:
                 if ns:
                     argv = ["ip", "netns", "exec", ns, *argv]
@@ -157,6 +157,7 @@ class Forked:
 
 PROCS = Procs()
 PY = [sys.executable, "-m"]
+XFER = [*PY, "bpfpm.guest.xfer"]    # run as a fork of the agent (Forked)
 
 
 def _wait_file(path: str, timeout: float, proc: dict) -> None:
@@ -307,7 +308,7 @@ def op_monitor_events(handle: int) -> list:
 
 def op_xfer_server(ns: str, port: int, family: int = 4, proto: str = "mptcp",
                    count: int = 1) -> int:
-    h = PROCS.start(ns, [*PY, "bpfpm.guest.xfer", "server", "--port", str(port),
+    h = PROCS.start(ns, [*XFER, "server", "--port", str(port),
                          "--family", str(family), "--proto", proto, "--count", str(count),
                          "--report", "{report}"], "xfer-server", {"report": "report.json"})
     _wait_file(PROCS.get(h)["files"]["report"] + ".ready", 60, PROCS.get(h))
@@ -318,7 +319,7 @@ def op_xfer_client(ns: str, addr: str, port: int, nbytes: int = 8 << 20, seed: i
                    proto: str = "mptcp", bind: str | None = None, hold: bool = False,
                    await_subflows: int = 0, await_timeout: float = 60,
                    reconnect: bool = False) -> int:
-    argv = [*PY, "bpfpm.guest.xfer", "client", "--addr", addr, "--port", str(port),
+    argv = [*XFER, "client", "--addr", addr, "--port", str(port),
             "--bytes", str(nbytes), "--seed", str(seed), "--proto", proto,
             "--report", "{report}", "--progress", "{progress}"]
     if reconnect:
@@ -339,7 +340,7 @@ def op_xfer_release(handle: int) -> None:
 
 
 def op_burst_server(ns: str, port: int, count: int, family: int = 4) -> int:
-    h = PROCS.start(ns, [*PY, "bpfpm.guest.xfer", "burst-server", "--port", str(port),
+    h = PROCS.start(ns, [*XFER, "burst-server", "--port", str(port),
                          "--family", str(family), "--count", str(count),
                          "--report", "{report}"], "burst-server", {"report": "report.json"})
     _wait_file(PROCS.get(h)["files"]["report"] + ".ready", 60, PROCS.get(h))
@@ -348,7 +349,7 @@ def op_burst_server(ns: str, port: int, count: int, family: int = 4) -> int:
 
 def op_burst_client(ns: str, addr: str, port: int, count: int, subflows: int = 2,
                     wait: bool = True) -> int:
-    argv = [*PY, "bpfpm.guest.xfer", "burst-client", "--addr", addr, "--port", str(port),
+    argv = [*XFER, "burst-client", "--addr", addr, "--port", str(port),
             "--count", str(count), "--subflows", str(subflows), "--report", "{report}"]
     if not wait:
         argv.append("--no-wait")
