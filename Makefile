@@ -8,7 +8,7 @@ BPFPM   := $(VENV)/bin/bpfpm
 STAMP   := $(VENV)/.bpfpm-setup
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help setup kernel pms shell demo test test-fast vmtest bench-framework \
+.PHONY: help setup kernel pms shell demo test test-fast vmtest bench bench-framework \
         debug-test config-test series-check mutation-test fuzz soak kselftest bisect bisect-demo cache test-faults clean-results
 
 help:
@@ -21,6 +21,7 @@ help:
 	@echo "make test-fast        unit tests only (no VM)"
 	@echo "make test-faults      the long fault injections: Ctrl-C during a build, two runs at once"
 	@echo "make vmtest T=expr    VM scenarios matching a pytest -k expression"
+	@echo "make bench [BENCH=smoke]  BPF PM vs in-kernel vs userspace: latency, burst, goodput, cps"
 	@echo "make bench-framework  measure build/boot/command speed targets"
 	@echo "make debug-test       BPF PM scenarios on the debug kernel (KASAN, lockdep, kmemleak; long)"
 	@echo "make fuzz             100000 random kfunc calls from every op, debug kernel (FUZZ_CALLS=N)"
@@ -91,6 +92,9 @@ soak: setup
 
 kselftest: setup
 	$(BPFPM) kselftest $(ARGS)
+
+bench: setup
+	$(BPFPM) bench --size $(or $(BENCH),full)
 
 bench-framework: setup
 	$(BPFPM) bench-framework

@@ -117,6 +117,11 @@ def cmd_bench_framework(a) -> int:
     return benchfw.main(a)
 
 
+def cmd_bench(a) -> int:
+    from . import bench
+    return bench.main(a)
+
+
 def cmd_kselftest(a) -> int:
     from . import kselftest
     return kselftest.main(a)
@@ -197,6 +202,13 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench-framework", help="measure the framework's speed targets")
     b.add_argument("--cold", action="store_true", help="also time a cold kernel build")
     b.set_defaults(fn=cmd_bench_framework)
+    bn = sub.add_parser("bench", help="BPF PM vs in-kernel vs userspace PM: the seed's claims",
+                        description="Boot the patched kernel and measure p1-p6 (issue 12) "
+                        "side by side; writes bench.json, bench.md and PNG plots in the run "
+                        "directory, which results/bench names.")
+    bn.add_argument("--size", choices=("smoke", "full"), default="full",
+                    help="smoke: under 2 minutes, the size `make test` runs (default: full)")
+    bn.set_defaults(fn=cmd_bench)
     ks = sub.add_parser("kselftest", help="upstream MPTCP selftests: unpatched vs patched kernel")
     ks.add_argument("--scripts", nargs="+", metavar="SCRIPT",
                     help="selftest scripts, each optionally with its arguments, e.g. "

@@ -12,6 +12,7 @@ also while an op runs: the host tells a frozen guest from a slow op by it.
 from __future__ import annotations
 
 import base64
+import importlib
 import itertools
 import json
 import os
@@ -39,17 +40,17 @@ class Procs:
         self.procs: dict[int, dict] = {}
 
     def start(self, ns: str | None, argv: list[str], kind: str, files: dict) -> int:
-        """argv in netns ns, in a session of its own. [*XFER, ...] is forked
-        from this agent instead: a new Python under TCG takes
-        about 1.4 s to get there, a fork a few ms."""
+        """argv in netns ns, in a session of its own. [*PY, module, ...] for
+        a module of FORKED is forked from this agent instead: a new Python
+        under TCG takes about 1.4 s to get there, a fork a few ms."""
         h = next(self.ids)
         d = WORK / f"p{h}"
         d.mkdir(parents=True, exist_ok=True)
         files = {k: str(d / v) for k, v in files.items()}
         argv = [a.format(**files) for a in argv]
         with open(d / "stdout", "wb") as out, open(d / "stderr", "wb") as err:
-            if argv[:len(XFER)] == XFER:
-                p = Forked(ns, argv[len(XFER):], out, err)
+            if argv[:len(PY)] == PY and argv[len(PY)] in FORKED:
+                p = Forked(ns, argv[len(PY)], argv[len(PY) + 1:], out, err)
             else:
                 if ns:
                     argv = ["ip", "netns", "exec", ns, *argv]
@@ -102,11 +103,12 @@ class Procs:
 
 
 class Forked:
-    """`python -m bpfpm.guest.xfer args` as a fork of this agent, in netns
-    ns and a session of its own; waited for like a subprocess.Popen."""
+    """`python -m module args` as a fork of this agent, in netns ns and a
+    session of its own; waited for like a subprocess.Popen."""
 
-    def __init__(self, ns: str | None, args: list[str], out, err):
-        from . import xfer     # first use: the agent starts without it
+    def __init__(self, ns: str | None, module: str, args: list[str], out, err):
+        # first use: the agent starts without it
+        main = importlib.import_module(module).main
         self.returncode: int | None = None
         self.pid = os.fork()
         if self.pid:
@@ -126,9 +128,9 @@ class Forked:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             if ns:
                 netns.enter(ns)
-            rc = xfer.main(args)
+            rc = main(args)
         except SystemExit as e:
-            rc = e.code if isinstance(e.code, int) else 1
+            rc = e.code if isinstance(e.code, int) or e.code is None else 1
         except BaseException:
             traceback.print_exc()
         finally:
@@ -157,7 +159,9 @@ class Forked:
 
 PROCS = Procs()
 PY = [sys.executable, "-m"]
-XFER = [*PY, "bpfpm.guest.xfer"]    # run as a fork of the agent (Forked)
+# modules run as a fork of the agent (Forked)
+FORKED = ("bpfpm.guest.xfer", "bpfpm.guest.bench", "bpfpm.guest.uspm")
+XFER = [*PY, "bpfpm.guest.xfer"]
 
 
 def _wait_file(path: str, timeout: float, proc: dict) -> None:
@@ -354,6 +358,29 @@ def op_burst_client(ns: str, addr: str, port: int, count: int, subflows: int = 2
     if not wait:
         argv.append("--no-wait")
     return PROCS.start(ns, argv, "burst-client", {"report": "report.json"})
+
+
+def op_bench_start(workload: str, client_ns: str, server_ns: str, addr: str, port: int,
+                   count: int, **opts) -> int:
+    """A bpfpm.guest.bench workload (both ends, one process); proc.wait
+    returns its report."""
+    argv = [*PY, "bpfpm.guest.bench", workload, "--client-ns", client_ns,
+            "--server-ns", server_ns, "--addr", addr, "--port", str(port),
+            "--count", str(count), "--report", "{report}"]
+    for k, v in opts.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    return PROCS.start(None, argv, f"bench-{workload}", {"report": "report.json"})
+
+
+def op_uspm_start(ns: str, local: list) -> int:
+    """The userspace fullmesh daemon in ns, returned once it listens to
+    events; proc.kill ends it and returns what it did."""
+    argv = [*PY, "bpfpm.guest.uspm", "--report", "{report}"]
+    for a in local:
+        argv += ["--local", a]
+    h = PROCS.start(ns, argv, "uspm", {"report": "report.json"})
+    _wait_file(PROCS.get(h)["files"]["report"] + ".ready", 60, PROCS.get(h))
+    return h
 
 
 def op_slab(name: str) -> int:

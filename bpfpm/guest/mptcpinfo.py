@@ -78,6 +78,14 @@ def connection(sock: socket.socket) -> dict:
     return info
 
 
+def token(sock: socket.socket) -> int:
+    """The connection's local token (0: not MPTCP, or not known yet)."""
+    try:
+        return struct.unpack_from("=I", sock.getsockopt(SOL_MPTCP, MPTCP_INFO, 48), 12)[0]
+    except OSError:
+        return 0
+
+
 def subflows(sock: socket.socket) -> list[dict]:
     """One entry per live subflow: addresses, ports, byte counters, state."""
     if not is_mptcp(sock):
