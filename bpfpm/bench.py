@@ -283,6 +283,7 @@ def plots(raw: dict, fig: dict, out: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     made = []
     f, ax = plt.subplots(figsize=(7, 4.5))
@@ -291,6 +292,9 @@ def plots(raw: dict, fig: dict, out: Path) -> list[Path]:
         if v:
             ax.step(v, [(i + 1) / len(v) for i in range(len(v))], where="post", label=c)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("connect → 4 subflows established (ms, log)")
     ax.set_ylabel("share of connections")
     ax.set_title("p1/p2: subflow set-up latency, fullmesh 2×2")
