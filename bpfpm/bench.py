@@ -94,7 +94,8 @@ class Bench:
 
     def contender(self, name: str, net: Network, stack, mesh: Mesh | None = None):
         """Set up `name` on net's client. mesh=None: the full 2 x 2 mesh;
-        for p5 a mesh of the initial pair only (the PM runs, opens nothing)."""
+        for p5 a mesh of the initial pair only (the PM runs, opens nothing).
+        The LoadedPM for "bpf", else None."""
         full = Mesh(net.spec.addrs("client"), net.spec.addrs("server"))
         mesh = mesh or full
 
@@ -106,7 +107,7 @@ class Bench:
         elif name == "kernel":
             kernel_fullmesh(net, mesh, load_pm)
         elif name == "bpf":
-            bpf_fullmesh(net, mesh, load_pm)
+            return bpf_fullmesh(net, mesh, load_pm)
         elif name == "userspace":
             common(net, mesh, signal=len(mesh.remote) > 1)
             net.sysctl("client", "net.mptcp.pm_type", 1)
@@ -120,6 +121,7 @@ class Bench:
             stack.callback(stop)
         else:
             raise ValueError(name)
+        return None
 
     def workload(self, net: Network, workload: str, count: int, timeout: float,
                  **opts) -> dict:
@@ -159,6 +161,7 @@ class Bench:
                     rep = self.workload(net, "latency", self.size.latency,
                                         timeout=60 + self.size.latency * 12)
                 self.raw["latency"].setdefault(c, []).extend(rep["latency_us"])
+                self.raw.setdefault("steps", {}).setdefault(c, []).extend(rep["steps_us"])
 
     def cps(self) -> None:
         for rnd in range(self.size.rounds):
@@ -202,9 +205,12 @@ class Bench:
             with self.network() as (net, stack):
                 net.sysctl("server", "net.ipv4.tcp_max_syn_backlog", 8192)
                 net.sysctl("server", "net.core.somaxconn", 8192)
-                self.contender(c, net, stack)
+                pm = self.contender(c, net, stack)
                 rep = self.workload(net, "burst", self.size.burst,
                                     timeout=300 + self.size.burst, settle=15)
+                if pm is not None:      # the kfuncs' errnos, the pairs retried
+                    rep["pm_results"] = pm.results()
+                    rep["pm_retries"] = [e["value"] for e in pm.map("retries")]
             self.raw["burst"][c] = rep
 
     # -- results ---------------------------------------------------------------
@@ -216,6 +222,11 @@ class Bench:
             fig[f"latency_{c}"] = {"n": len(self.raw["latency"].get(c, [])),
                                    "complete": len(v),
                                    "median_us": pct(v, 0.5), "p99_us": pct(v, 0.99)}
+            # median time of the i-th SYN and ESTABLISHED after the first SYN
+            st = [x for x in self.raw.get("steps", {}).get(c, []) if x]
+            fig[f"latency_{c}"]["steps_median_us"] = {
+                k: [pct([x[k][i] for x in st if len(x[k]) > i], 0.5) for i in range(4)]
+                for k in ("syn", "est")}
         k, b, u = (fig[f"latency_{c}"] for c in CONTENDERS)
         fig["p1"] = {"median": ratio(b["median_us"], k["median_us"]),
                      "p99": ratio(b["p99_us"], k["p99_us"]), "goal": "<= 1.05"}
@@ -247,6 +258,13 @@ class Bench:
         return fig
 
 
+def share(r: dict) -> str:
+    """A share that never rounds a miss to 100 %."""
+    if r["complete"] == r["connections"]:
+        return "100 %"
+    return f"{min(99.99, 100 * r['complete'] / r['connections']):.2f} %"
+
+
 def table(fig: dict, size: str) -> str:
     def us(x):
         return "-" if x is None else f"{x:,.0f} µs"
@@ -259,7 +277,8 @@ def table(fig: dict, size: str) -> str:
         f"p99 {fig['p1']['p99']} | ≤ 1.05 |",
         f"| p2 | userspace ÷ BPF | median {fig['p2']['median']}, p99 {fig['p2']['p99']} | ≥ 3 |",
         f"| p3 | burst of {p3['bpf']['connections']}: share with all 4 subflows | "
-        + ", ".join(f"{c} {p3[c]['share']:.1%}" for c in CONTENDERS) + " | BPF 100 %, > userspace |",
+        + ", ".join(f"{c} {p3[c]['complete']}/{p3[c]['connections']} ({share(p3[c])})"
+                    for c in CONTENDERS) + " | BPF 100 %, > userspace |",
         f"| p4 | goodput, 2 HTB links of {p4.get('link_mbit', '?')} Mbit/s ÷ one TCP path "
         f"({p4['tcp_mbit']} Mbit/s) | "
         + ", ".join(f"{c} {p4[c]['ratio']} ({p4[c]['mbit']})" for c in CONTENDERS) + " | ≥ 1.8 |",
@@ -275,6 +294,15 @@ def table(fig: dict, size: str) -> str:
     for c, v in zip(CONTENDERS, (k, b, u)):
         abs_rows.append(f"| {c} | {v['n']} | {v['complete']} | {us(v['median_us'])} | "
                         f"{us(v['p99_us'])} |")
+    def each(xs):
+        return ", ".join("-" if x is None else f"{x:,.0f}" for x in xs)
+
+    if all(v.get("steps_median_us") for v in (k, b, u)):
+        abs_rows += ["", "| median µs after the first SYN | SYN 2, 3, 4 | "
+                     "ESTABLISHED 1, 2, 3, 4 |", "|---|---|---|"]
+        for c, v in zip(CONTENDERS, (k, b, u)):
+            st = v["steps_median_us"]
+            abs_rows.append(f"| {c} | {each(st['syn'][1:])} | {each(st['est'])} |")
     head = [f"# bpfpm bench ({size}, {fig['seconds']} s)", ""]
     return "\n".join(head + rows + abs_rows) + "\n"
 

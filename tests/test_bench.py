@@ -36,3 +36,9 @@ def test_subflow_create_is_encoded_with_nested_addresses_and_ids():
     assert seen[1][0] and seen[6][0]                                   # nested
     assert bytes([10, 0, 2, 1]) in seen[1][1] and bytes([10, 0, 1, 2]) in seen[6][1]
     assert struct.pack("=H", 5001) in seen[6][1]                       # port, host order
+
+
+def test_a_single_connection_missing_its_subflows_is_not_shown_as_100_percent():
+    assert bench.share({"complete": 2000, "connections": 2000}) == "100 %"
+    assert bench.share({"complete": 1999, "connections": 2000}) == "99.95 %"
+    assert bench.share({"complete": 19999, "connections": 20000}) == "99.99 %"

@@ -161,7 +161,7 @@ def _span(t: dict | None, want: int) -> float | None:
 
 
 def latency(a) -> dict:
-    out = []
+    out, steps = [], []
     with Trace(a.trace, a.client_ns) as tr:
         for _ in range(a.count):
             s = _connect(a.client_ns, a.addr, a.port, a.timeout)
@@ -170,8 +170,12 @@ def latency(a) -> dict:
             s.close()
             t = tr.take(tok)
             out.append(_span(t, a.subflows))
+            # each subflow's SYN and ESTABLISHED after the first SYN: which one is late
+            steps.append(None if not t or not t["syn"] else
+                         {k: [round((x - t["syn"][0]) / 1000, 1) for x in t[k]]
+                          for k in ("syn", "est")})
         dropped = tr.dropped()
-    return {"latency_us": out, "dropped": dropped}
+    return {"latency_us": out, "steps_us": steps, "dropped": dropped}
 
 
 def deferral(a) -> dict:
@@ -254,6 +258,12 @@ def burst(a) -> dict:
                     done[tok] = span
                     last = time.monotonic()
             time.sleep(0.05)
+        # the connections left short: how many subflows each got to
+        short: dict[int, int] = {}
+        for tok in tokens:
+            if tok not in done:
+                n = len((tr.get(tok) or {"est": []})["est"])
+                short[n] = short.get(n, 0) + 1
         for s in socks:
             s.close()
         for tok in tokens:
@@ -261,7 +271,7 @@ def burst(a) -> dict:
         dropped = tr.dropped()
     return {"connections": a.count, "answered": answered, "complete": len(done),
             "connected_s": connected, "latency_us": sorted(done.values()),
-            "dropped": dropped}
+            "short_by_subflows": short, "dropped": dropped}
 
 
 WORKLOADS = {"latency": latency, "deferral": deferral, "cps": cps, "burst": burst}
