@@ -76,7 +76,7 @@ class Bench:
     def __init__(self, guest, objs: dict[str, Path], size: Size, out: Path):
         self.guest, self.objs, self.size, self.out = guest, objs, size, out
         self.port = PORT0
-        self.raw: dict = {"latency": {}, "burst": {}, "cps": {}, "goodput": {},
+        self.raw: dict = {"latency": {}, "steps": {}, "burst": {}, "cps": {}, "goodput": {},
                           "deferral": [], "uspm": []}
 
     # -- plumbing ------------------------------------------------------------
@@ -161,7 +161,7 @@ class Bench:
                     rep = self.workload(net, "latency", self.size.latency,
                                         timeout=60 + self.size.latency * 12)
                 self.raw["latency"].setdefault(c, []).extend(rep["latency_us"])
-                self.raw.setdefault("steps", {}).setdefault(c, []).extend(rep["steps_us"])
+                self.raw["steps"].setdefault(c, []).extend(rep["steps_us"])
 
     def cps(self) -> None:
         for rnd in range(self.size.rounds):
@@ -223,7 +223,7 @@ class Bench:
                                    "complete": len(v),
                                    "median_us": pct(v, 0.5), "p99_us": pct(v, 0.99)}
             # median time of the i-th SYN and ESTABLISHED after the first SYN
-            st = [x for x in self.raw.get("steps", {}).get(c, []) if x]
+            st = [x for x in self.raw["steps"].get(c, []) if x]
             fig[f"latency_{c}"]["steps_median_us"] = {
                 k: [pct([x[k][i] for x in st if len(x[k]) > i], 0.5) for i in range(4)]
                 for k in ("syn", "est")}

@@ -30,8 +30,7 @@ import time
 
 from . import libbpf, mptcpinfo
 from .netns import inside
-
-IPPROTO_MPTCP = 262
+from .xfer import IPPROTO_MPTCP
 TIMES = struct.Struct("=8Q8QII")    # struct times in bench_trace.bpf.c
 KEY = struct.Struct("=I")
 
@@ -123,6 +122,10 @@ class Trace:
         nsyn, nest = v[16], v[17]
         return {"syn": list(v[0:min(nsyn, 8)]), "est": list(v[8:8 + min(nest, 8)])}
 
+    def established(self, token: int) -> int:
+        """How many of the connection's subflows are established so far."""
+        return len((self.get(token) or {"est": []})["est"])
+
     def take(self, token: int) -> dict | None:
         t = self.get(token)
         self.times.delete(KEY.pack(token))
@@ -166,7 +169,7 @@ def latency(a) -> dict:
         for _ in range(a.count):
             s = _connect(a.client_ns, a.addr, a.port, a.timeout)
             tok = mptcpinfo.token(s)
-            _wait(lambda: (tr.get(tok) or {"est": []})["est"][a.subflows - 1:], a.timeout)
+            _wait(lambda: tr.established(tok) >= a.subflows, a.timeout)
             s.close()
             t = tr.take(tok)
             out.append(_span(t, a.subflows))
@@ -181,14 +184,14 @@ def latency(a) -> dict:
 def deferral(a) -> dict:
     """bench_open's ESTABLISHED stamp -> the SYN (and the establishment) of
     the subflow it asked for."""
-    calls = libbpf.pinned_map(a.calls_map, 4, 8)
+    calls = libbpf.pinned_map(a.calls_map, key_size=4, value_size=8)
     syn, est = [], []
     try:
         with Trace(a.trace, a.client_ns) as tr:
             for _ in range(a.count):
                 s = _connect(a.client_ns, a.addr, a.port, a.timeout)
                 tok = mptcpinfo.token(s)
-                _wait(lambda: (tr.get(tok) or {"est": []})["est"][1:], a.timeout)
+                _wait(lambda: tr.established(tok) >= 2, a.timeout)
                 s.close()
                 t = tr.take(tok)
                 raw = calls.lookup(KEY.pack(tok))
@@ -262,7 +265,7 @@ def burst(a) -> dict:
         short: dict[int, int] = {}
         for tok in tokens:
             if tok not in done:
-                n = len((tr.get(tok) or {"est": []})["est"])
+                n = tr.established(tok)
                 short[n] = short.get(n, 0) + 1
         for s in socks:
             s.close()

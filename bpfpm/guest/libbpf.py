@@ -34,6 +34,7 @@ def _libbpf():
                 ("bpf_map__key_size", ctypes.c_uint32, [vp]),
                 ("bpf_map__value_size", ctypes.c_uint32, [vp]),
                 ("libbpf_get_error", ctypes.c_long, [vp]),
+                ("bpf_obj_get", ctypes.c_int, [ctypes.c_char_p]),
                 ("bpf_map_lookup_elem", ctypes.c_int, [ctypes.c_int, vp, vp]),
                 ("bpf_map_update_elem", ctypes.c_int, [ctypes.c_int, vp, vp, ctypes.c_uint64]),
                 ("bpf_map_delete_elem", ctypes.c_int, [ctypes.c_int, vp]),
@@ -141,12 +142,8 @@ class Object:
             self.obj = None
 
 
-def pinned_map(path: str, key_size: int = 4, value_size: int | None = None) -> Map:
-    """A map pinned on bpffs (as bpftool pins a PM's maps)."""
-    lib = _libbpf()
-    lib.bpf_obj_get.restype, lib.bpf_obj_get.argtypes = ctypes.c_int, [ctypes.c_char_p]
-    fd = lib.bpf_obj_get(path.encode())
+def pinned_map(path: str, key_size: int, value_size: int) -> Map:
+    """A map pinned on bpffs (as bpftool pins a PM's maps); close() it."""
+    fd = _libbpf().bpf_obj_get(path.encode())
     _check(f"open pinned map {path}", fd)
-    if value_size is None:
-        raise ValueError("value_size is needed for a pinned map")
     return Map(fd, key_size, value_size)

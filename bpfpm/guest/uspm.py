@@ -74,11 +74,7 @@ class pm_cmd(genlmsg):
     """The userspace-PM commands' attributes (MPTCP_PM_ATTR_*): pyroute2's
     mptcp_msg stops at SUBFLOWS."""
     prefix = "MPTCP_PM_ATTR_"
-    nla_map = (
-        ("MPTCP_PM_ATTR_UNSPEC", "none"),
-        ("MPTCP_PM_ATTR_ADDR", "pm_addr"),
-        ("MPTCP_PM_ATTR_RCV_ADD_ADDRS", "uint32"),
-        ("MPTCP_PM_ATTR_SUBFLOWS", "uint32"),
+    nla_map = mptcp_msg.nla_map + (
         ("MPTCP_PM_ATTR_TOKEN", "uint32"),
         ("MPTCP_PM_ATTR_LOC_ID", "uint8"),
         ("MPTCP_PM_ATTR_ADDR_REMOTE", "pm_addr"),
