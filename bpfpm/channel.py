@@ -147,7 +147,7 @@ class Channel:
              startup: float = 60) -> "Channel":
         """Start the agent on the guest; returns once it said it is ready."""
         envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        cmd = f"cd {shlex.quote(str(cwd))} && exec env {envs} python -m bpfpm.guest.agent"
+        cmd = f"cd {shlex.quote(str(cwd))} && exec env {envs} python -S -m bpfpm.guest.agent"
 
         def start():
             ch = transport.open_session(timeout=startup)

@@ -85,8 +85,8 @@ def cmd_shell(a) -> int:
         argv = ["ssh", "-i", str(vm.keys.client), "-p", str(vm.port),
                 "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes",
                 "-o", f"UserKnownHostsFile={known}", "-o", "LogLevel=ERROR", "root@127.0.0.1"]
-        if a.command:
-            argv.append(" ".join(a.command))
+        # root's login shell in the guest is /bin/sh (guestssh): ask for bash
+        argv += [" ".join(a.command)] if a.command else ["-t", "exec bash -i"]
         return subprocess.call(argv)
 
 

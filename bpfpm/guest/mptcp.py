@@ -12,7 +12,7 @@ import socket
 import struct
 import time
 
-from pyroute2 import MPTCP
+from pyroute2.netlink.generic.mptcp import MPTCP
 
 from . import mptcpinfo
 from .netns import counters, inside

@@ -6,7 +6,8 @@ import contextlib
 import errno
 import subprocess
 
-from pyroute2 import IPRoute, netns
+import pyroute2.netns as netns
+from pyroute2.iproute.linux import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..topology import TopoSpec
