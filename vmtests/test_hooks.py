@@ -119,7 +119,7 @@ def test_add_addr_and_rm_addr_carry_the_address(topo, recorder, family):
     announced = topo.spec.addr("server", 2, family)
     topo.endpoint("server", announced, "signal", id=5)
 
-    with topo.transfer(8 * MiB, family=family, hold=True) as xfer:
+    with topo.transfer(2 * MiB, family=family, hold=True) as xfer:
         evs = recorder.wait(lambda evs: count(evs, "ADD_ADDR"), what="ADD_ADDR")
         topo.endpoint_del("server", id=5)
         evs = recorder.wait(lambda evs: count(evs, "RM_ADDR"), what="RM_ADDR")
@@ -145,7 +145,7 @@ def test_endpoint_added_and_removed_while_connected(topo, recorder, family):
     topo.use_bpf_pm("client")
     new = "10.0.2.11" if family == 4 else "fd00:2::11"
 
-    with topo.transfer(8 * MiB, family=family, hold=True) as xfer:
+    with topo.transfer(2 * MiB, family=family, hold=True) as xfer:
         xfer.wait_progress(0.1)
         topo.addr("client", 2, new, add=True)
         topo.endpoint("client", new, "subflow", id=20)
