@@ -53,7 +53,7 @@ class Size:
 
 
 SIZES = {
-    "smoke": Size(rounds=2, latency=15, burst=100, cps=60, goodput_bytes=1 << 20,
+    "smoke": Size(rounds=1, latency=20, burst=100, cps=60, goodput_bytes=1 << 20,
                   goodput_mbit=20, deferral=20),
     "full": Size(rounds=4, latency=50, burst=2000, cps=300, goodput_bytes=6 << 20,
                  goodput_mbit=10, deferral=200),
