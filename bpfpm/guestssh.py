@@ -14,7 +14,7 @@ read those private keys. So bpfpm runs sshd itself:
 - the forwarded port is chosen by QEMU itself (hostfwd port 0) and read
   back over QMP: no bind-and-release race between two runs;
 - the guest's network is set statically by the start script, with no
-  DHCP and no udev (vng's init has its udevadm replaced, see vm.GUEST_STUBS);
+  DHCP and no udev (vng's init has its udevadm replaced, see vm.guest_stubs);
 - root's login shell in the guest is /bin/sh: the host's bash would read
   root's ~/.bashrc for every SSH command, 3-4 s under TCG when it sets up
   a pyenv. The start script bind-mounts edited copies of /etc/passwd and

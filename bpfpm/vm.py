@@ -43,9 +43,10 @@ BOOT_ARGS = ["panic=-1",
 def venv_site() -> Path:
     """The venv's site-packages: the guest's Python runs with -S (no site
     module: 0.6 s under TCG), so it is put on PYTHONPATH instead."""
-    found = sorted((ROOT / ".venv" / "lib").glob("python3*/site-packages"))
+    venv = VENV_BIN.parent
+    found = sorted((venv / "lib").glob("python3*/site-packages"))
     if not found:
-        raise BootFailed(f"no site-packages under {ROOT / '.venv'}; run `make setup`")
+        raise BootFailed(f"no site-packages under {venv}; run `make setup`")
     return found[-1]
 
 

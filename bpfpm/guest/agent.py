@@ -236,7 +236,9 @@ class Shell:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                self._line(time.monotonic() + 10)
+                if self._line(time.monotonic() + 10) is None:
+                    # its status would come in place of the next job's pid
+                    self.stop()
             return {"rc": -signal.SIGKILL if timed_out else int(status),
                     "stdout": out.read_text(errors="replace"),
                     "stderr": err.read_text(errors="replace"), "timed_out": timed_out,
