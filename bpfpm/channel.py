@@ -1,6 +1,7 @@
-"""The one channel to a guest: its agent (bpfpm.guest.agent) over SSH.
+"""The one channel to a guest: its agent (bpfpm.guest.agent), reached
+through the SSH connection's port forwarding.
 
-    ch = Channel.open(transport, env, name="guest1", log=run/"guest1.agent.log")
+    ch = Channel.open(transport, AGENT_PORT, name="guest1", log=run/"guest1.agent.log")
     ch.run("ip -br addr")                 # a shell command, with its own timeout
     ch.call("topo.create", spec=...)      # an agent operation
 
@@ -23,7 +24,6 @@ import itertools
 import json
 import logging
 import select
-import shlex
 import socket
 import threading
 import time
@@ -102,6 +102,19 @@ def bounded(fn, timeout: float, what: str, on_timeout):
     return box["r"]
 
 
+def _tail(path: Path | None, n: int = 2000) -> str:
+    """The last n bytes of a file the guest writes (the agent's stderr)."""
+    if path is None:
+        return "(not kept)"
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - n))
+            return f.read().decode(errors="replace") or "(empty)"
+    except OSError:
+        return "(none)"
+
+
 def _command_name(cmd: str) -> str:
     """The program a shell command runs, past `ip netns exec NS` (for the
     per-op times)."""
@@ -116,10 +129,13 @@ class Channel:
     """Requests to the guest agent, replies matched by id."""
 
     def __init__(self, chan: paramiko.Channel, name: str, log: Path | None,
-                 time_scale: float = 1.0):
+                 time_scale: float = 1.0, stderr: Path | None = None,
+                 status: Path | None = None):
         self.chan = chan
         self.name = name
         self.time_scale = time_scale
+        self.stderr_file = stderr       # the agent's stderr, written by the guest
+        self.status_file = status       # its exit status, written when it exits
         # capped: a frozen guest must fail its test within 60 s, debug or not
         self.frozen_after = FROZEN_AFTER * min(time_scale, 2.5)
         # sends too: a frozen guest stops granting SSH window, and sendall
@@ -134,7 +150,6 @@ class Channel:
         self._hello: dict | None = None
         self._closed: str | None = None     # why the reader stopped
         self.last_beat = time.monotonic()
-        self._stderr = bytearray()
         self._log = open(log, "ab") if log else None
         self.op_times: dict[str, list] = {}     # op -> [calls, seconds], see take_op_times
         self._reader = threading.Thread(target=self._read, daemon=True,
@@ -142,21 +157,40 @@ class Channel:
         self._reader.start()
 
     @classmethod
-    def open(cls, transport: paramiko.Transport, env: dict[str, str], cwd: Path,
-             name: str, log: Path | None = None, time_scale: float = 1.0,
-             startup: float = 60) -> "Channel":
-        """Start the agent on the guest; returns once it said it is ready."""
-        envs = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-        cmd = f"cd {shlex.quote(str(cwd))} && exec env {envs} python -S -m bpfpm.guest.agent"
-
-        def start():
-            ch = transport.open_session(timeout=startup)
-            ch.exec_command(cmd)
-            return ch
-
-        chan = bounded(start, startup, f"guest {name}: starting the agent", transport.close)
-        self = cls(chan, name, log, time_scale)
+    def open(cls, transport: paramiko.Transport, port: int, name: str,
+             log: Path | None = None, stderr: Path | None = None, status: Path | None = None,
+             time_scale: float = 1.0, startup: float = 60) -> "Channel":
+        """Connect to the agent the guest started (listening on its loopback
+        `port`) through the SSH connection's port forwarding; returns once
+        it said it is ready. While it is still starting, sshd answers that
+        the port refused: asked again every 50 ms."""
         deadline = time.monotonic() + startup * time_scale
+
+        def agent_exited() -> str | None:
+            try:
+                return status.read_text().strip() if status else None
+            except OSError:
+                return None
+
+        def connect():
+            while True:
+                try:
+                    return transport.open_channel("direct-tcpip", ("127.0.0.1", port),
+                                                  ("127.0.0.1", 0), timeout=startup)
+                except paramiko.ChannelException as e:
+                    rc = agent_exited()
+                    if rc is not None:
+                        raise ChannelLost(f"guest {name}: the agent exited while starting "
+                                          f"(status {rc}); stderr: {_tail(stderr)}") from None
+                    if time.monotonic() > deadline:
+                        raise GuestFrozen(f"guest {name}: the agent did not listen within "
+                                          f"{startup * time_scale:.0f}s ({e}); stderr: "
+                                          f"{_tail(stderr)}") from None
+                    time.sleep(0.05)
+
+        chan = bounded(connect, startup * time_scale + 5, f"guest {name}: reaching the agent",
+                       transport.close)
+        self = cls(chan, name, log, time_scale, stderr, status)
         with self._cv:
             while self._hello is None:
                 if self._closed:
@@ -181,14 +215,6 @@ class Channel:
         try:
             while True:
                 got = False
-                if self.chan.recv_stderr_ready():
-                    data = self.chan.recv_stderr(65536)
-                    self._stderr += data
-                    del self._stderr[:-16384]
-                    if self._log:
-                        self._log.write(data)
-                        self._log.flush()
-                    got = True
                 if self.chan.recv_ready():
                     data = self.chan.recv(65536)
                     if not data:
@@ -207,8 +233,9 @@ class Channel:
                     select.select([self.chan], [], [], 0.5)
         except Exception as e:  # the transport died under us
             why = f"{type(e).__name__}: {e}"
-        if self.chan.exit_status_ready():
-            why = f"agent exited with status {self.chan.recv_exit_status()}"
+        rc = self._exit_status()
+        if rc is not None:
+            why = f"agent exited with status {rc}"
         with self._cv:
             self._closed = why
             self._cv.notify_all()
@@ -236,8 +263,22 @@ class Channel:
                     self._log.write(b"late reply dropped: " + line[:500] + b"\n")
             self._cv.notify_all()
 
+    def _exit_status(self, wait: float = 1.0) -> str | None:
+        """The agent's exit status, if it exited: the guest writes it just
+        after the agent's socket closed, so it is given `wait` s to show."""
+        if self.status_file is None:
+            return None
+        end = time.monotonic() + wait
+        while True:
+            try:
+                return self.status_file.read_text().strip()
+            except OSError:
+                if time.monotonic() > end:
+                    return None
+                time.sleep(0.1)
+
     def stderr_tail(self, n: int = 2000) -> str:
-        return self._stderr[-n:].decode(errors="replace")
+        return _tail(self.stderr_file, n)
 
     # -- calls ---------------------------------------------------------------
     def call(self, op: str, _timeout: float = 120, **args):

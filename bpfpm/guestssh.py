@@ -18,7 +18,12 @@ read those private keys. So bpfpm runs sshd itself:
 - root's login shell in the guest is /bin/sh: the host's bash would read
   root's ~/.bashrc for every SSH command, 3-4 s under TCG when it sets up
   a pyenv. The start script bind-mounts edited copies of /etc/passwd and
-  /etc/shadow in the guest; the host's files are never touched.
+  /etc/shadow in the guest; the host's files are never touched;
+- the guest agent is started by the start script, before sshd, and waits
+  on the guest's loopback (AGENT_PORT); the host reaches it through the SSH
+  connection's own port forwarding (a direct-tcpip channel), so Python's
+  start under TCG overlaps sshd's and the SSH handshake instead of
+  following them.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from .paths import cache_dir
 GUEST_DIR = "/run/bpfpm-ssh"      # where the guest sees <cache>/ssh/guest
 GUEST_ADDR = "10.0.2.15"          # QEMU user networking's defaults
 GUEST_GW = "10.0.2.2"
+AGENT_PORT = 7531                 # the agent's port on the guest's loopback
 
 SSHD_CONFIG = f"""\
 # bpfpm: the guest's sshd (see bpfpm/guestssh.py)
@@ -69,6 +75,10 @@ addr add {GUEST_ADDR}/24 dev $dev
 link set $dev up
 route add default via {GUEST_GW}
 NET
+# $1: the run's agent script (vm.VM.agent_script); it reports its own exit
+if [ -n "${{1:-}}" ]; then
+    setsid -w sh "$1" </dev/null >/dev/null 2>&1 &
+fi
 mkdir -p /run/sshd /run/bpfpm-etc
 chmod 755 /run/sshd
 install -m 600 {GUEST_DIR}/ssh_host_ed25519_key /run/sshd/ssh_host_ed25519_key

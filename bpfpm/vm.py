@@ -135,6 +135,9 @@ class VM:
         self.exec_log = run_dir / f"{name}.exec.log"
         self.pidfile = run_dir / f"{name}.qemu.pid"
         self.vng_pidfile = run_dir / f"{name}.vng.pid"    # for runner.reap()
+        self.agent_script = run_dir / f"{name}.agent.sh"
+        self.agent_stderr = run_dir / f"{name}.agent.stderr"
+        self.agent_status = run_dir / f"{name}.agent.status"
         self.proc: subprocess.Popen | None = None
         self.ssh = None
         self.channel: Channel | None = None
@@ -158,8 +161,28 @@ class VM:
             argv.append("--disable-kvm")
         for a in [*BOOT_ARGS, *self.append]:
             argv += ["--append", a]
-        argv += ["--exec", f"exec sh {guestssh.GUEST_DIR}/start.sh"]
+        argv += ["--exec", f"exec sh {guestssh.GUEST_DIR}/start.sh {self.agent_script}"]
         return guestssh.private_namespace(guestssh.hidden_dirs(self.keys), guest_stubs()) + argv
+
+    def write_agent_script(self) -> None:
+        """The guest agent's command, run by the start script at boot (in
+        the run directory, which the guest shares read-write): a clean
+        environment, stderr and the exit status kept where the host reads
+        them (Channel)."""
+        env = {"HOME": "/root", "USER": "root", "LOGNAME": "root", "SHELL": "/bin/sh",
+               **guest_env()}
+        q = shlex.quote
+        self.agent_stderr.unlink(missing_ok=True)
+        self.agent_status.unlink(missing_ok=True)
+        self.agent_script.write_text(
+            f"# bpfpm: guest {self.name}'s agent (written by bpfpm.vm at each boot)\n"
+            f"cd {q(str(ROOT))} || exit 1\n"
+            f"env -i {' '.join(f'{k}={q(v)}' for k, v in env.items())} "
+            f"python -S -m bpfpm.guest.agent --listen {guestssh.AGENT_PORT} "
+            f"2>>{q(str(self.agent_stderr))}\n"
+            "rc=$?\n"
+            'echo "bpfpm: the guest agent exited with status $rc" > /dev/kmsg\n'
+            f"echo $rc > {q(str(self.agent_status))}\n")
 
     def _vng_env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -175,12 +198,14 @@ class VM:
         Both consoles are kept."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         precompile()
+        self.write_agent_script()
         argv = self.argv()
         with open(self.run_dir / f"{self.name}.cmdline", "a") as f:
             f.write(shlex.join(argv) + "\n")
         t0 = time.monotonic()
         for attempt in (1, 2):
             self.pidfile.unlink(missing_ok=True)
+            self.agent_status.unlink(missing_ok=True)
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=open(self.exec_log, "ab"),
                 stderr=open(self.console_log, "ab"), env=self._vng_env(),
@@ -240,9 +265,9 @@ class VM:
         left = max(10.0, deadline - time.monotonic() + 60)
         try:
             self.channel = Channel.open(
-                self.ssh.get_transport(), guest_env(), ROOT, self.name,
-                log=self.run_dir / f"{self.name}.agent.log", time_scale=self.time_scale,
-                startup=left)
+                self.ssh.get_transport(), guestssh.AGENT_PORT, self.name,
+                log=self.run_dir / f"{self.name}.agent.log", stderr=self.agent_stderr,
+                status=self.agent_status, time_scale=self.time_scale, startup=left)
         except GuestError as e:
             raise self._boot_failed(f"the guest agent did not start ({e})") from None
         # a later loss is judged by what the console says from here on

@@ -6,6 +6,8 @@ CONSOLE = """\
 [    1.320060] virtme-ng-init: running systemd-tmpfiles
 [    2.622668] virtme-ng-init: starting script
 [    2.700000] bpfpm: start script
+[    3.300000] bpfpm: sshd starting
+[    6.100000] bpfpm: agent listening
 noise without a timestamp: bpfpm: agent ready
 [    3.400000] bpfpm: sshd starting
 [    9.670000] bpfpm: agent ready
@@ -16,7 +18,7 @@ noise without a timestamp: bpfpm: agent ready
 def test_timeline_takes_each_step_once_from_kernel_timestamps():
     assert benchfw.timeline(CONSOLE) == {
         "init": 1.189913, "vng_script": 2.622668, "start_script": 2.7,
-        "sshd": 3.4, "agent_ready": 9.67}
+        "sshd": 3.3, "agent_listening": 6.1, "agent_ready": 9.67}
 
 
 def test_timeline_leaves_out_steps_a_boot_never_reached():

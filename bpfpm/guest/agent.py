@@ -1,5 +1,7 @@
-"""Guest agent: the one channel between host and guest, JSON lines on
-stdin/stdout, one process per VM.
+"""Guest agent: the one channel between host and guest, JSON lines over
+one TCP connection on the guest's loopback (`--listen PORT`: the start
+script starts it at boot, the host connects through SSH's port
+forwarding), one process per VM.
 
 Starting Python under TCG costs about a second, so the host keeps one
 agent alive and sends it requests: {"id": n, "op": "topo.create", "args":
@@ -19,6 +21,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,10 +30,33 @@ import traceback
 from pathlib import Path
 
 from ..topology import TopoSpec
-from . import bpf, mptcp, netns
+from . import bpf
+
+
+class _Deferred:
+    """A module imported at its first use. The netlink modules (pyroute2)
+    take about 2 s to import under TCG: the agent answers before they are
+    in, and a thread imports them meanwhile (warm_up); an op that needs
+    one first waits for that import to finish (Python's import lock)."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr):
+        return getattr(importlib.import_module(self._name), attr)
+
+
+mptcp = _Deferred("bpfpm.guest.mptcp")
+netns = _Deferred("bpfpm.guest.netns")
+
+
+def warm_up() -> None:
+    for m in (mptcp, netns):
+        importlib.import_module(m._name)
 
 WORK = Path(os.environ.get("BPFPM_GUEST_WORK", "/tmp/bpfpm"))
 HEARTBEAT = 1.0
+CONN: socket.socket | None = None    # the host's connection (listen)
 
 
 class Procs:
@@ -110,6 +136,9 @@ class Forked:
     def __init__(self, ns: str | None, module: str, args: list[str], out, err):
         # first use: the agent starts without it
         main = importlib.import_module(module).main
+        # no import half done by the warm-up thread at the fork: the child
+        # would wait for it forever
+        warm_up()
         self.returncode: int | None = None
         self.pid = os.fork()
         if self.pid:
@@ -117,6 +146,10 @@ class Forked:
         rc = 1
         try:
             os.setsid()
+            if CONN is not None:
+                # the host must see the agent's end when the agent ends,
+                # not when the last fork of it does
+                os.close(CONN.fileno())
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
             os.dup2(out.fileno(), 1)
             os.dup2(err.fileno(), 2)
@@ -301,6 +334,12 @@ def op_file_get(path: str) -> str:
 def op_kmsg(text: str) -> None:
     with open("/dev/kmsg", "w") as f:
         f.write(text + "\n")
+
+
+def op_warm_up() -> None:
+    """Returns once the deferred modules are in (for measurements that
+    must not overlap the warm-up)."""
+    warm_up()
 
 
 def op_poweroff() -> None:
@@ -544,6 +583,20 @@ class Writer:
                 return
 
 
+def listen(port: int) -> None:
+    """Wait for the host's one connection on 127.0.0.1:port and serve it;
+    the agent ends with it."""
+    global CONN
+    with socket.create_server(("127.0.0.1", port)) as srv:
+        op_kmsg("bpfpm: agent listening")    # for the boot timeline (benchfw)
+        threading.Thread(target=warm_up, daemon=True, name="warm-up").start()
+        conn, _ = srv.accept()
+    CONN = conn
+    with conn, conn.makefile("r", encoding="utf-8") as inp, \
+            conn.makefile("w", encoding="utf-8") as out:
+        serve(inp, out)
+
+
 def serve(inp=sys.stdin, out=sys.stdout) -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     w = Writer(out)
@@ -568,4 +621,7 @@ def serve(inp=sys.stdin, out=sys.stdout) -> None:
 
 
 if __name__ == "__main__":
-    serve()
+    if sys.argv[1:2] == ["--listen"]:
+        listen(int(sys.argv[2]))
+    else:
+        serve()
