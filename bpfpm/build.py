@@ -382,7 +382,7 @@ def _build_in_place(src: source.KernelSource, series: list[Path], key: str, debu
                 reconfigured = False
                 if not (bdir / ".config").exists() or not configured.exists() or \
                         configured.read_text() != ckey:
-                    log.step("configuring (defconfig + kvm_guest + " +
+                    log.step(f"configuring ({kconfig.BASE} + kvm_guest + " +
                              ", ".join(f.name for f in kconfig.fragments(debug)) + ")")
                     configured.unlink(missing_ok=True)
                     kconfig.configure(tree, bdir, debug, logf)

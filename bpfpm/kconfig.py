@@ -1,4 +1,4 @@
-"""Kernel configuration: defconfig + kvm_guest.config + our fragments.
+"""Kernel configuration: allnoconfig + kvm_guest.config + our fragments.
 
 olddefconfig silently drops options whose dependencies are not met, so
 after merging, every option a fragment asks for is checked against the
@@ -17,6 +17,8 @@ from .errors import BpfpmError
 from .paths import KERNEL_DIR
 
 CONFIGS = KERNEL_DIR / "configs"
+# The make target the fragments are merged over (part of the config key).
+BASE = "allnoconfig"
 _LINE = re.compile(r"^(CONFIG_[A-Za-z0-9_]+)=(.*)$")
 _UNSET = re.compile(r"^# (CONFIG_[A-Za-z0-9_]+) is not set$")
 
@@ -76,7 +78,7 @@ def mismatches(req: dict[str, str], final: dict[str, str]) -> list[str]:
 
 
 def config_key(debug: bool) -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256(BASE.encode() + b"\0")
     for f in fragments(debug):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()[:16]
@@ -94,7 +96,7 @@ def configure(src: Path, build: Path, debug: bool, logf) -> None:
             raise BpfpmError(f"kernel configuration step failed: {' '.join(argv)}; "
                              f"see {logf.name}")
 
-    run(["make", f"O={build}", "defconfig"])
+    run(["make", f"O={build}", BASE])
     run([str(src / "scripts" / "kconfig" / "merge_config.sh"), "-m", "-O", str(build),
          str(build / ".config"), str(kvm), *map(str, frags)])
     run(["make", f"O={build}", "olddefconfig"])
