@@ -47,7 +47,7 @@ from . import cache, kconfig, log, patches, source
 from .errors import BpfpmError, DiskFull
 from .paths import cache_dir
 
-COLD_STEPS = 2810
+COLD_STEPS = 2302
 LINK_SECONDS = 120      # the last few steps (vmlinux link, BTF, bzImage), measured here
 _PROGRESS = re.compile(r"^\s+(CC|AS|LD|AR|BTF|GEN|HOSTCC|OBJCOPY|CHK)\s+(\S+)")
 _ERROR = re.compile(r"(error:|Error \d+|undefined reference|\*\*\* )")
@@ -389,7 +389,7 @@ def _build_in_place(src: source.KernelSource, series: list[Path], key: str, debu
                     cache.atomic_write(configured, ckey)
                     reconfigured = True
                 # the ETA is for a build from scratch: steps of the last full
-                # build here, or of a cold build of the base config (2810);
+                # build here, or of a cold build of the base config (2302);
                 # an incremental build is short and its size unknown. A new
                 # config rebuilds about everything (autoconf.h changes).
                 cold = reconfigured or not (bdir / "vmlinux").exists()
