@@ -316,25 +316,57 @@ def _unpacked(tree_root: Path) -> KernelSource:
                         writable=False)
 
 
+def _files_digest(root: Path, rels) -> str:
+    """Path, size and mtime of each file: what changes when one is edited,
+    without reading 80000 files."""
+    h = hashlib.sha256()
+    for rel in sorted(rels):
+        try:
+            st = (root / rel).lstat()
+        except OSError:
+            continue
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:12]
+
+
+def _tree_files(root: Path):
+    for d, dirs, files in os.walk(root):
+        if d == str(root):
+            dirs[:] = [x for x in dirs if x != ".git"]
+        for f in files:
+            yield os.path.relpath(os.path.join(d, f), root)
+
+
+def _git(path: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(path), *args], capture_output=True)
+
+
 def developer_source(path: Path) -> KernelSource:
+    """A developer's tree. Its ident (part of the kernel's cache key) changes
+    with every edit: for a git tree, HEAD plus a digest of the uncommitted
+    diff and of the untracked files; for any other tree, a digest of every
+    file's size and mtime."""
     path = path.resolve()
     if not (path / "Makefile").exists() or not (path / "net" / "mptcp").is_dir():
         raise BpfpmError(f"KERNEL_SRC={path} does not look like a Linux tree with net/mptcp")
-    ident = f"tree-{path.name}"
-    desc = f"developer tree {path}"
-    if (path / ".git").exists():
-        head = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"],
-                              capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(path), "status", "--porcelain",
-                                "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
-        if dirty:
-            diff = subprocess.run(["git", "-C", str(path), "diff", "HEAD"],
-                                  capture_output=True).stdout
-            head += "-dirty-" + hashlib.sha256(diff).hexdigest()[:8]
-        ident = f"git-{head[:20]}"
-        desc = f"git tree {path} at {head}"
-    return KernelSource(path=path, ident=ident, description=desc, writable=False)
+    if not (path / ".git").exists():
+        ident = f"tree-{path.name}-{_files_digest(path, _tree_files(path))}"
+        return KernelSource(path=path, ident=ident, description=f"developer tree {path}",
+                            writable=False)
+    head = _git(path, "rev-parse", "HEAD").stdout.decode().strip()
+    if not head:
+        raise BpfpmError(f"KERNEL_SRC={path}: `git rev-parse HEAD` failed; is it a git "
+                         "tree with a commit?")
+    ident = f"git-{head[:20]}"
+    diff = _git(path, "diff", "HEAD", "--binary").stdout
+    untracked = [f for f in _git(path, "ls-files", "--others", "--exclude-standard",
+                                 "-z").stdout.decode().split("\0") if f]
+    if diff or untracked:
+        h = hashlib.sha256(diff)
+        h.update(_files_digest(path, untracked).encode())
+        ident += f"-dirty-{h.hexdigest()[:12]}"
+    return KernelSource(path=path, ident=ident, description=f"git tree {path} at {ident[4:]}",
+                        writable=False)
 
 
 def resolve() -> KernelSource:

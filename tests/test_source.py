@@ -1,3 +1,5 @@
+import subprocess
+
 from bpfpm import source
 
 DEB822 = """\
@@ -92,3 +94,38 @@ def test_newest_unpacked_tree_is_chosen_by_version_not_by_name(tmp_path):
     assert source._ready(tmp_path).name.endswith("_6.12.117-1")
     assert source._ready(tmp_path, "6.12.57-1").name.endswith("_6.12.57-1")
     assert source._ready(tmp_path, "6.12.1-1") is None
+
+
+def _tree(root):
+    (root / "net" / "mptcp").mkdir(parents=True)
+    (root / "Makefile").write_text("all:\n")
+    (root / "net" / "mptcp" / "pm.c").write_text("int x;\n")
+    return root
+
+
+def test_a_plain_trees_ident_changes_with_an_edit(tmp_path):
+    tree = _tree(tmp_path / "linux")
+    before = source.developer_source(tree).ident
+    assert source.developer_source(tree).ident == before
+    (tree / "net" / "mptcp" / "pm.c").write_text("int x; /* one more */\n")
+    assert source.developer_source(tree).ident != before
+
+
+def test_a_git_trees_ident_follows_uncommitted_edits_and_untracked_files(tmp_path):
+    tree = _tree(tmp_path / "linux")
+    git = ["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "base"], check=True)
+    clean = source.developer_source(tree).ident
+    pm = tree / "net" / "mptcp" / "pm.c"
+    pm.write_text("int x; /* edit 1 */\n")
+    one = source.developer_source(tree).ident
+    pm.write_text("int x; /* edit 2 */\n")
+    two = source.developer_source(tree).ident
+    assert len({clean, one, two}) == 3, "each edit is a different kernel"
+    assert one.startswith(clean + "-dirty-")
+    pm.write_text("int x;\n")
+    assert source.developer_source(tree).ident == clean, "the same content, the same kernel"
+    (tree / "net" / "mptcp" / "new.c").write_text("int y;\n")
+    assert source.developer_source(tree).ident != clean
