@@ -82,7 +82,7 @@ class Recorder:
         self.pm = pm
 
     def events(self) -> list[Event]:
-        return decode(self.pm.map("events"))
+        return decode(self.pm.map("events", nonzero=True))
 
     def counts(self) -> dict[int, int]:
         """The counters map: [0] events, [1 + op index] per op."""

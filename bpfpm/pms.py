@@ -121,8 +121,11 @@ class LoadedPM:
             self.attached = False
             self.guest.call("bpf.unload", name=self.name)
 
-    def map(self, map_name: str) -> list[dict]:
-        return self.guest.call("bpf.map_dump", name=self.name, map=map_name)
+    def map(self, map_name: str, nonzero: bool = False, bpftool: bool = False) -> list[dict]:
+        """The map's entries, formatted from its BTF; `nonzero`: without
+        the array slots that are all zero (unused)."""
+        return self.guest.call("bpf.map_dump", name=self.name, map=map_name, nonzero=nonzero,
+                               bpftool=bpftool)
 
     def update(self, map_name: str, key: int, value: bytes) -> None:
         self.guest.call("bpf.map_update", name=self.name, map=map_name, key=key,

@@ -549,8 +549,8 @@ def op_bpf_unload(name: str) -> None:
     bpf.unload(name)
 
 
-def op_bpf_map_dump(name: str, map: str) -> list:
-    return bpf.map_dump(name, map)
+def op_bpf_map_dump(name: str, map: str, nonzero: bool = False, bpftool: bool = False) -> list:
+    return bpf.map_dump(name, map, nonzero, bpftool)
 
 
 def op_bpf_map_update(name: str, map: str, key: int, value: list) -> None:

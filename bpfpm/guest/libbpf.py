@@ -1,11 +1,13 @@
 """libbpf through ctypes: open, load and attach a BPF object, read its maps.
 
-bpftool covers what the path managers need (load, pin, attach to a
-cgroup, dump a map), but it cannot keep a tracing program attached after
-it exits, and every `bpftool map dump` formats the whole map as JSON. A
-program that traces for as long as a process runs, and reads a few map
-entries many times a second, calls libbpf itself. Debian 12 ships
-libbpf 1.1 (libbpf1); its Python binding does not exist, hence ctypes.
+bpftool covers loading, pinning and attaching the path managers, but it
+cannot keep a tracing program attached after it exits, and every `bpftool
+map dump` formats the whole map as JSON: 0.9 s under TCG for the event
+recorder's 2048 slots, which the tests read many times. A program that
+traces for as long as a process runs, and map reads (formatted from the
+map's BTF as bpftool formats them, dump()), call libbpf itself. Debian 12
+ships libbpf 1.1 (libbpf1); its Python binding does not exist, hence
+ctypes.
 """
 
 from __future__ import annotations
@@ -38,7 +40,13 @@ def _libbpf():
                 ("bpf_map_lookup_elem", ctypes.c_int, [ctypes.c_int, vp, vp]),
                 ("bpf_map_update_elem", ctypes.c_int, [ctypes.c_int, vp, vp, ctypes.c_uint64]),
                 ("bpf_map_delete_elem", ctypes.c_int, [ctypes.c_int, vp]),
-                ("bpf_map_get_next_key", ctypes.c_int, [ctypes.c_int, vp, vp])):
+                ("bpf_map_get_next_key", ctypes.c_int, [ctypes.c_int, vp, vp]),
+                ("bpf_obj_get_info_by_fd", ctypes.c_int,
+                 [ctypes.c_int, vp, ctypes.POINTER(ctypes.c_uint32)]),
+                ("btf__load_from_kernel_by_id", vp, [ctypes.c_uint32]),
+                ("btf__type_by_id", vp, [vp, ctypes.c_uint32]),
+                ("btf__name_by_offset", ctypes.c_char_p, [vp, ctypes.c_uint32]),
+                ("btf__free", None, [vp])):
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = res, args
         _lib = lib
@@ -140,6 +148,180 @@ class Object:
         if self.obj:
             lib.bpf_object__close(self.obj)
             self.obj = None
+
+
+class MapInfo(ctypes.Structure):
+    """struct bpf_map_info (include/uapi/linux/bpf.h), up to map_extra."""
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32),
+                ("key_size", ctypes.c_uint32), ("value_size", ctypes.c_uint32),
+                ("max_entries", ctypes.c_uint32), ("map_flags", ctypes.c_uint32),
+                ("name", ctypes.c_char * 16), ("ifindex", ctypes.c_uint32),
+                ("btf_vmlinux_value_type_id", ctypes.c_uint32),
+                ("netns_dev", ctypes.c_uint64), ("netns_ino", ctypes.c_uint64),
+                ("btf_id", ctypes.c_uint32), ("btf_key_type_id", ctypes.c_uint32),
+                ("btf_value_type_id", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
+                ("map_extra", ctypes.c_uint64)]
+
+
+BPF_MAP_TYPE_ARRAY = 2
+# BTF kinds (include/uapi/linux/btf.h)
+INT, PTR, ARRAY, STRUCT, UNION, ENUM, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT = range(1, 12)
+FLOAT, TYPE_TAG, ENUM64 = 16, 18, 19
+INT_SIGNED, INT_CHAR, INT_BOOL = 1, 2, 4
+
+
+class Btf:
+    """A BTF object loaded from the kernel, and values formatted by it the
+    way bpftool's JSON output formats them (ints as numbers, structs as
+    objects, arrays as lists, enums by name, bools as booleans)."""
+
+    def __init__(self, btf_id: int):
+        self.lib = _libbpf()
+        self.btf = self.lib.btf__load_from_kernel_by_id(btf_id)
+        if not self.btf:
+            _check(f"load BTF {btf_id}", -(ctypes.get_errno() or 22))
+
+    def close(self) -> None:
+        if self.btf:
+            self.lib.btf__free(self.btf)
+            self.btf = None
+
+    def _type(self, tid: int):
+        """(kind, name, size-or-type, vlen, kflag, address of what follows)."""
+        ptr = self.lib.btf__type_by_id(self.btf, tid)
+        if not ptr:
+            raise ValueError(f"BTF has no type {tid}")
+        name_off, info, size = (ctypes.c_uint32 * 3).from_address(ptr)
+        name = self.lib.btf__name_by_offset(self.btf, name_off) or b""
+        return (info >> 24) & 0x1F, name.decode(), size, info & 0xFFFF, info >> 31, ptr + 12
+
+    def size(self, tid: int) -> int:
+        kind, _, size, _, _, extra = self._type(tid)
+        if kind in (TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG):
+            return self.size(size)
+        if kind == ARRAY:
+            elem, _, n = (ctypes.c_uint32 * 3).from_address(extra)
+            return self.size(elem) * n
+        if kind == PTR:
+            return 8
+        return size
+
+    def format(self, tid: int, data: bytes, off: int = 0):
+        kind, name, size, vlen, kflag, extra = self._type(tid)
+        if kind in (TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG):
+            return self.format(size, data, off)
+        if kind == INT:
+            enc = ctypes.c_uint32.from_address(extra).value
+            bits, encoding = enc & 0xFF, (enc >> 24) & 0x0F
+            raw = data[off:off + size]
+            if encoding & INT_BOOL:
+                return raw != bytes(size)
+            if encoding & INT_CHAR:
+                return chr(raw[0])
+            if bits > 64:
+                return "0x" + raw[::-1].hex().lstrip("0").rjust(1, "0")
+            return int.from_bytes(raw, "little", signed=bool(encoding & INT_SIGNED))
+        if kind == PTR:
+            return int.from_bytes(data[off:off + 8], "little")
+        if kind in (ENUM, ENUM64):
+            # struct btf_enum {name_off, val} / btf_enum64 {name_off, lo32, hi32}
+            raw = int.from_bytes(data[off:off + size], "little", signed=True)
+            step, mask = (8, 0xFFFFFFFF) if kind == ENUM else (12, (1 << 64) - 1)
+            for i in range(vlen):
+                w = (ctypes.c_uint32 * (step // 4)).from_address(extra + i * step)
+                val = w[1] if kind == ENUM else w[1] | (w[2] << 32)
+                if val & mask == raw & mask:
+                    return self.lib.btf__name_by_offset(self.btf, w[0]).decode()
+            return raw
+        if kind == ARRAY:
+            elem, _, n = (ctypes.c_uint32 * 3).from_address(extra)
+            return self.size(elem) * n
+        if kind == PTR:
+            return 8
+        return size
+
+    def format(self, tid: int, data: bytes, off: int = 0):
+        kind, name, size, vlen, kflag, extra = self._type(tid)
+        if kind in (TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG):
+            return self.format(size, data, off)
+        if kind == INT:
+            enc = ctypes.c_uint32.from_address(extra).value
+            bits, encoding = enc & 0xFF, (enc >> 24) & 0x0F
+            raw = data[off:off + size]
+            if encoding & INT_BOOL:
+                return raw != bytes(size)
+            if encoding & INT_CHAR:
+                return chr(raw[0])
+            if bits > 64:
+                return "0x" + raw[::-1].hex().lstrip("0").rjust(1, "0")
+            return int.from_bytes(raw, "little", signed=bool(encoding & INT_SIGNED))
+        if kind == PTR:
+            return int.from_bytes(data[off:off + 8], "little")
+        if kind in (ENUM, ENUM64):
+            raw = int.from_bytes(data[off:off + size], "little", signed=not kflag)
+            step = 12 if kind == ENUM else 12
+            for i in range(vlen):
+                name_off, lo, hi = (ctypes.c_uint32 * 3).from_address(extra + i * step)
+                val = lo if kind == ENUM else lo | (hi << 32)
+                if kind == ENUM and not kflag:
+                    val = ctypes.c_int32(lo).value
+                if val == raw or val == raw & ((1 << (8 * size)) - 1):
+                    return self.lib.btf__name_by_offset(self.btf, name_off).decode()
+            return raw
+        if kind == ARRAY:
+            elem, _, n = (ctypes.c_uint32 * 3).from_address(extra)
+            esize = self.size(elem)
+            return [self.format(elem, data, off + i * esize) for i in range(n)]
+        if kind in (STRUCT, UNION):
+            out = {}
+            for i in range(vlen):
+                name_off, mtype, moff = (ctypes.c_uint32 * 3).from_address(extra + i * 12)
+                mname = (self.lib.btf__name_by_offset(self.btf, name_off) or b"").decode()
+                bit_size, bit_off = (moff >> 24, moff & 0xFFFFFF) if kflag else (0, moff)
+                if bit_size:
+                    word = int.from_bytes(data[off:off + size], "little")
+                    out[mname] = (word >> bit_off) & ((1 << bit_size) - 1)
+                else:
+                    out[mname] = self.format(mtype, data, off + bit_off // 8)
+            return out
+        raise ValueError(f"BTF kind {kind} ({name or 'anonymous'}) is not formatted here")
+
+
+def dump(path: str, nonzero: bool = False) -> list[dict] | None:
+    """The pinned map at `path` as [{"key": ..., "value": ...}], formatted
+    from its BTF; array slots whose value is all zero are left out if
+    `nonzero`. None for a map without BTF (the caller asks bpftool)."""
+    lib = _libbpf()
+    fd = lib.bpf_obj_get(path.encode())
+    _check(f"open pinned map {path}", fd)
+    try:
+        info = MapInfo()
+        size = ctypes.c_uint32(ctypes.sizeof(info))
+        _check(f"map info of {path}", lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info),
+                                                                  ctypes.byref(size)))
+        if not info.btf_id or not info.btf_value_type_id:
+            return None
+        m = Map(fd, info.key_size, info.value_size)
+        if info.type == BPF_MAP_TYPE_ARRAY:
+            keys = [i.to_bytes(4, "little") for i in range(info.max_entries)]
+        else:
+            keys = m.keys()
+        btf = Btf(info.btf_id)
+        try:
+            zero = bytes(info.value_size)
+            out = []
+            for k in keys:
+                v = m.lookup(k)
+                if v is None or (nonzero and v == zero):
+                    continue
+                out.append({"key": btf.format(info.btf_key_type_id, k) if info.btf_key_type_id
+                            else int.from_bytes(k, "little"),
+                            "value": btf.format(info.btf_value_type_id, v)})
+            return out
+        finally:
+            btf.close()
+    finally:
+        os.close(fd)
 
 
 def pinned_map(path: str, key_size: int, value_size: int) -> Map:
