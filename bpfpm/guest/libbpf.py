@@ -44,6 +44,8 @@ def _libbpf():
                 ("bpf_obj_get_info_by_fd", ctypes.c_int,
                  [ctypes.c_int, vp, ctypes.POINTER(ctypes.c_uint32)]),
                 ("btf__load_from_kernel_by_id", vp, [ctypes.c_uint32]),
+                ("btf__parse", vp, [ctypes.c_char_p, vp]),
+                ("btf__find_by_name_kind", ctypes.c_int, [vp, ctypes.c_char_p, ctypes.c_uint32]),
                 ("btf__type_by_id", vp, [vp, ctypes.c_uint32]),
                 ("btf__name_by_offset", ctypes.c_char_p, [vp, ctypes.c_uint32]),
                 ("btf__free", None, [vp])):
@@ -175,11 +177,26 @@ class Btf:
     way bpftool's JSON output formats them (ints as numbers, structs as
     objects, arrays as lists, enums by name, bools as booleans)."""
 
-    def __init__(self, btf_id: int):
+    def __init__(self, btf, what: str):
         self.lib = _libbpf()
-        self.btf = self.lib.btf__load_from_kernel_by_id(btf_id)
-        if not self.btf:
-            _check(f"load BTF {btf_id}", -(ctypes.get_errno() or 22))
+        if not btf:
+            _check(what, -(ctypes.get_errno() or 22))
+        self.btf = btf
+
+    @classmethod
+    def from_kernel(cls, btf_id: int) -> "Btf":
+        return cls(_libbpf().btf__load_from_kernel_by_id(btf_id), f"load BTF {btf_id}")
+
+    @classmethod
+    def from_file(cls, path: str) -> "Btf":
+        """The BTF of an object file (a compiled .bpf.o)."""
+        return cls(_libbpf().btf__parse(path.encode(), None), f"parse BTF of {path}")
+
+    def find(self, name: str, kind: int) -> int:
+        tid = self.lib.btf__find_by_name_kind(self.btf, name.encode(), kind)
+        if tid < 0:
+            raise KeyError(f"no BTF type {name!r} of kind {kind}")
+        return tid
 
     def close(self) -> None:
         if self.btf:
@@ -235,41 +252,6 @@ class Btf:
             return raw
         if kind == ARRAY:
             elem, _, n = (ctypes.c_uint32 * 3).from_address(extra)
-            return self.size(elem) * n
-        if kind == PTR:
-            return 8
-        return size
-
-    def format(self, tid: int, data: bytes, off: int = 0):
-        kind, name, size, vlen, kflag, extra = self._type(tid)
-        if kind in (TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG):
-            return self.format(size, data, off)
-        if kind == INT:
-            enc = ctypes.c_uint32.from_address(extra).value
-            bits, encoding = enc & 0xFF, (enc >> 24) & 0x0F
-            raw = data[off:off + size]
-            if encoding & INT_BOOL:
-                return raw != bytes(size)
-            if encoding & INT_CHAR:
-                return chr(raw[0])
-            if bits > 64:
-                return "0x" + raw[::-1].hex().lstrip("0").rjust(1, "0")
-            return int.from_bytes(raw, "little", signed=bool(encoding & INT_SIGNED))
-        if kind == PTR:
-            return int.from_bytes(data[off:off + 8], "little")
-        if kind in (ENUM, ENUM64):
-            raw = int.from_bytes(data[off:off + size], "little", signed=not kflag)
-            step = 12 if kind == ENUM else 12
-            for i in range(vlen):
-                name_off, lo, hi = (ctypes.c_uint32 * 3).from_address(extra + i * step)
-                val = lo if kind == ENUM else lo | (hi << 32)
-                if kind == ENUM and not kflag:
-                    val = ctypes.c_int32(lo).value
-                if val == raw or val == raw & ((1 << (8 * size)) - 1):
-                    return self.lib.btf__name_by_offset(self.btf, name_off).decode()
-            return raw
-        if kind == ARRAY:
-            elem, _, n = (ctypes.c_uint32 * 3).from_address(extra)
             esize = self.size(elem)
             return [self.format(elem, data, off + i * esize) for i in range(n)]
         if kind in (STRUCT, UNION):
@@ -306,7 +288,7 @@ def dump(path: str, nonzero: bool = False) -> list[dict] | None:
             keys = [i.to_bytes(4, "little") for i in range(info.max_entries)]
         else:
             keys = m.keys()
-        btf = Btf(info.btf_id)
+        btf = Btf.from_kernel(info.btf_id)
         try:
             zero = bytes(info.value_size)
             out = []
