@@ -1,5 +1,5 @@
 """Guest lifecycle: boot a built kernel with virtme-ng, drive it through
-its one channel (the guest agent over SSH, bpfpm.channel).
+its one channel (the guest agent, reached through SSH, bpfpm.channel).
 
 The guest shares the host root read-only over 9p (virtme-ng's default
 snapshot of the live system); the run's results directory is shared

@@ -1,7 +1,8 @@
 """Code that runs inside the guest (as root, in the init netns).
 
-The host reaches it through bpfpm.agent: one long-lived `python -m
-bpfpm.guest.agent` per VM, speaking JSON lines over an SSH channel.
+The host reaches it through bpfpm.channel: one long-lived `python -m
+bpfpm.guest.agent --listen PORT` per VM, started by the guest's start
+script, speaking JSON lines over a connection forwarded by SSH.
 
 pyroute2's own __init__ imports every one of its modules (NDB, IPDB,
 conntrack, nl80211, ...): 1.5 s under TCG, for names the guest code never
