@@ -115,6 +115,21 @@ def _tail(path: Path | None, n: int = 2000) -> str:
         return "(none)"
 
 
+def _exit_status(path: Path | None, wait: float = 0.0) -> str | None:
+    """The agent's exit status, if it exited (the guest writes it to `path`
+    just after the agent's socket closed: given `wait` s to show)."""
+    if path is None:
+        return None
+    end = time.monotonic() + wait
+    while True:
+        try:
+            return path.read_text().strip()
+        except OSError:
+            if time.monotonic() >= end:
+                return None
+            time.sleep(0.1)
+
+
 def _command_name(cmd: str) -> str:
     """The program a shell command runs, past `ip netns exec NS` (for the
     per-op times)."""
@@ -166,19 +181,13 @@ class Channel:
         the port refused: asked again every 50 ms."""
         deadline = time.monotonic() + startup * time_scale
 
-        def agent_exited() -> str | None:
-            try:
-                return status.read_text().strip() if status else None
-            except OSError:
-                return None
-
         def connect():
             while True:
                 try:
                     return transport.open_channel("direct-tcpip", ("127.0.0.1", port),
                                                   ("127.0.0.1", 0), timeout=startup)
                 except paramiko.ChannelException as e:
-                    rc = agent_exited()
+                    rc = _exit_status(status)
                     if rc is not None:
                         raise ChannelLost(f"guest {name}: the agent exited while starting "
                                           f"(status {rc}); stderr: {_tail(stderr)}") from None
@@ -233,7 +242,7 @@ class Channel:
                     select.select([self.chan], [], [], 0.5)
         except Exception as e:  # the transport died under us
             why = f"{type(e).__name__}: {e}"
-        rc = self._exit_status()
+        rc = _exit_status(self.status_file, wait=1.0)
         if rc is not None:
             why = f"agent exited with status {rc}"
         with self._cv:
@@ -262,20 +271,6 @@ class Channel:
                 if self._log:
                     self._log.write(b"late reply dropped: " + line[:500] + b"\n")
             self._cv.notify_all()
-
-    def _exit_status(self, wait: float = 1.0) -> str | None:
-        """The agent's exit status, if it exited: the guest writes it just
-        after the agent's socket closed, so it is given `wait` s to show."""
-        if self.status_file is None:
-            return None
-        end = time.monotonic() + wait
-        while True:
-            try:
-                return self.status_file.read_text().strip()
-            except OSError:
-                if time.monotonic() > end:
-                    return None
-                time.sleep(0.1)
 
     def stderr_tail(self, n: int = 2000) -> str:
         return _tail(self.stderr_file, n)

@@ -173,7 +173,6 @@ class VM:
                **guest_env()}
         q = shlex.quote
         self.agent_stderr.unlink(missing_ok=True)
-        self.agent_status.unlink(missing_ok=True)
         self.agent_script.write_text(
             f"# bpfpm: guest {self.name}'s agent (written by bpfpm.vm at each boot)\n"
             f"cd {q(str(ROOT))} || exit 1\n"
@@ -205,7 +204,7 @@ class VM:
         t0 = time.monotonic()
         for attempt in (1, 2):
             self.pidfile.unlink(missing_ok=True)
-            self.agent_status.unlink(missing_ok=True)
+            self.agent_status.unlink(missing_ok=True)     # a status is this boot's
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=open(self.exec_log, "ab"),
                 stderr=open(self.console_log, "ab"), env=self._vng_env(),

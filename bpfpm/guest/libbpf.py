@@ -274,16 +274,15 @@ def dump(path: str, nonzero: bool = False) -> list[dict] | None:
     from its BTF; array slots whose value is all zero are left out if
     `nonzero`. None for a map without BTF (the caller asks bpftool)."""
     lib = _libbpf()
-    fd = lib.bpf_obj_get(path.encode())
-    _check(f"open pinned map {path}", fd)
+    m = pinned_map(path, 0, 0)
     try:
         info = MapInfo()
         size = ctypes.c_uint32(ctypes.sizeof(info))
-        _check(f"map info of {path}", lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info),
+        _check(f"map info of {path}", lib.bpf_obj_get_info_by_fd(m.fd, ctypes.byref(info),
                                                                   ctypes.byref(size)))
         if not info.btf_id or not info.btf_value_type_id:
             return None
-        m = Map(fd, info.key_size, info.value_size)
+        m.key_size, m.value_size = info.key_size, info.value_size
         if info.type == BPF_MAP_TYPE_ARRAY:
             keys = [i.to_bytes(4, "little") for i in range(info.max_entries)]
         else:
@@ -303,7 +302,7 @@ def dump(path: str, nonzero: bool = False) -> list[dict] | None:
         finally:
             btf.close()
     finally:
-        os.close(fd)
+        m.close()
 
 
 def pinned_map(path: str, key_size: int, value_size: int) -> Map:
