@@ -1,15 +1,18 @@
 # bpfpm front door: every target is a thin call into the `bpfpm` CLI.
 # `make help` lists them. Variables: KERNEL_SRC=/path (your own tree),
-# DEBUG=1 (debug kernel), T=<pytest selector> (tests to run), ARGS=...
+# DEBUG=1 (debug kernel), T=<pytest selector> (tests to run), ARGS=...,
+# JOBS=N (N guests at once, pytest-xdist), SHARD=i/n (the i-th of n slices)
 
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 BPFPM   := $(VENV)/bin/bpfpm
 STAMP   := $(VENV)/.bpfpm-setup
 export PATH := $(abspath $(VENV))/bin:$(PATH)
+# JOBS=1 is the plain serial run; SHARD=i/n a deterministic slice for a CI matrix
+SPREAD  := $(if $(filter-out 0 1,$(JOBS)),-n $(JOBS)) $(if $(SHARD),--shard=$(SHARD))
 
 .PHONY: help setup kernel pms shell demo test test-fast vmtest bench bench-framework \
-        debug-test config-test series-check mutation-test fuzz soak kselftest bisect bisect-demo cache test-faults clean-results
+        report debug-test config-test series-check mutation-test fuzz soak kselftest bisect bisect-demo cache test-faults clean-results
 
 help:
 	@echo "make setup            install Debian packages + Python venv (idempotent)"
@@ -18,6 +21,8 @@ help:
 	@echo "make shell            boot the guest and open an interactive shell"
 	@echo "make demo             build, boot, run a two-link MPTCP transfer, print subflows"
 	@echo "make test             unit tests + VM scenarios (JUnit in results/latest/)"
+	@echo "  JOBS=N SHARD=i/n      N guests at once (xdist); only the i-th of n slices"
+	@echo "make report [ARGS=--open]  the latest run: failures with their evidence, index.html"
 	@echo "make test-fast        unit tests only (no VM)"
 	@echo "make test-faults      the long fault injections: Ctrl-C during a build, two runs at once"
 	@echo "make vmtest T=expr    VM scenarios matching a pytest -k expression"
@@ -58,7 +63,7 @@ demo: setup
 	$(BPFPM) demo
 
 test: setup
-	$(BPFPM) test $(ARGS)
+	$(BPFPM) test $(SPREAD) $(ARGS)
 
 test-faults: setup
 	$(BPFPM) test faulttests $(ARGS)
@@ -67,7 +72,10 @@ test-fast: setup
 	$(PY) -m pytest tests $(ARGS)
 
 vmtest: setup
-	$(BPFPM) test -k "$(T)" vmtests $(ARGS)
+	$(BPFPM) test $(SPREAD) -k "$(T)" vmtests $(ARGS)
+
+report: setup
+	$(BPFPM) report $(ARGS)
 
 debug-test: setup
 	DEBUG=1 $(BPFPM) test --timeout=1800 vmtests/test_hooks.py vmtests/test_kfuncs.py \

@@ -1,13 +1,15 @@
 """pytest fixtures for bpfpm scenarios.
 
 Scope and dependencies:
-  run_dir  (session)  results/<run>/ for consoles, dmesg and reports
+  run_dir  (session)  results/<run>/ (under pytest-xdist, <run>/<worker>/) for
+                      consoles, dmesg and evidence; the reports are bpfpm.reporting's
   kernel   (session)  the built guest kernel, built (or found in the cache) with the
                       PMs once collection is done, before any test and its timeout
   guest    (session)  one VM at a time for the session, rebooted after it is lost
   vm       (function) the running VM (run, call, put, get); the kernel log since the
-                      last check is scanned after the test
-  network  (function) factory: network(TopoSpec) -> Network, torn down after
+                      last check is scanned after the test; a failing test's pcaps kept
+  network  (function) factory: network(TopoSpec) -> Network, its links captured,
+                      torn down after; a failing test's guest state dumped first
   topo     (function) client/server netns joined by veth links, torn down after;
                       shape it with @pytest.mark.topo(links=3, ipv6=False, ...)
   pm_objects (session) the BPF programs of bpf-pms/, compiled for `kernel`
@@ -25,12 +27,17 @@ import signal
 
 import pytest
 
-from bpfpm import events, pms, pmsetup, results
+from bpfpm import events, kcidb, patches, pms, pmsetup, reporting, results
 from bpfpm import session as bpfpm_session
 from bpfpm.errors import BpfpmError, GuestError
 from bpfpm.scenario import Network
 from bpfpm.session import GuestSession
 from bpfpm.topology import TopoSpec
+
+
+# pytester for tests/test_reporting.py's inner runs; bpfpm.reporting (tests.jsonl,
+# KTAP, KCIDB, JUnit reruns, --shard, infra reruns) is loaded by pyproject's addopts
+pytest_plugins = ["pytester"]
 
 
 def _terminated(signum, frame):
@@ -63,10 +70,9 @@ KERNEL = pytest.StashKey()
 @pytest.fixture(scope="session")
 def run_dir():
     ours = "BPFPM_RUN_DIR" not in os.environ    # else `bpfpm test` made it
-    run = results.current_run()
-    yield run
+    yield results.worker_dir()                  # under xdist, <run>/<worker>/
     if ours:
-        results.finish_run(run)
+        results.finish_run(results.run_root())
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +95,8 @@ def guest(kernel, run_dir, pm_objects, request):
     # pm_objects first: the guest's 9p root caches directory entries, so
     # files must exist before it boots.
     gs = GuestSession(kernel, run_dir)
-    results.write_json(run_dir / "kernel.json", kernel.info | {"release": kernel.release})
+    results.write_json(run_dir / "kernel.json", kernel.info | {
+        "release": kernel.release, "patchset_hash": kcidb.patchset_hash(patches.series())})
     yield gs
     if INTERRUPTED in request.config.stash:
         gs.close()                  # no more guest calls: just end QEMU
@@ -127,6 +134,8 @@ def vm(guest, request, run_dir):
     slug = request.node.name.replace("/", "_")
     (run_dir / "dmesg").mkdir(exist_ok=True)
     (run_dir / "dmesg" / f"{slug}.log").write_text(check.text)
+    reporting.attach(request.node, "dmesg", run_dir / "dmesg" / f"{slug}.log")
+    reporting.attach(request.node, "console", vm.console_log)
     lost = vm.lost or (None if vm.alive() and vm.ping() else
                        GuestError(f"guest {vm.name} stopped answering after the test; "
                                   f"console: {vm.console_log}"))
@@ -143,12 +152,54 @@ def vm(guest, request, run_dir):
                         f"{guest.report(check.splats_before)}")
     if leaks:
         problems.append(f"kmemleak found leaks after this test:\n{leaks[:6000]}")
+    _keep_pcaps(vm, request.node, run_dir, bool(problems))
     if problems:
         pytest.fail("\n\n".join(problems), pytrace=False)
     # a test that already failed on the lost guest has said so
     rep = getattr(request.node, "rep_call", None)
     if lost and not (rep and rep.failed):
         raise lost
+
+
+PCAPS = pytest.StashKey[list]()     # the guest paths of a test's captures
+NETS = pytest.StashKey[list]()      # the test's networks, while they exist
+
+
+def _dump_state(item) -> None:
+    """A failing test's guest state, read at the failure, before any
+    teardown (PMs detached, netns gone): <run>/state/<test>.txt."""
+    nets, vm = item.stash.get(NETS, []), item.funcargs.get("vm")
+    if not nets or vm is None or not vm.alive() or INTERRUPTED in item.config.stash:
+        return
+    try:
+        dump = "\n".join(net.state() for net in nets)
+    except BpfpmError as e:
+        dump = f"(the guest state could not be read: {e})"
+    path = item.funcargs["run_dir"] / "state" / f"{item.name.replace('/', '_')}.txt"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(dump)
+    reporting.attach(item, "state", path)
+
+
+def _keep_pcaps(vm, item, run_dir, failing: bool) -> None:
+    """The test's captures (network fixture) are fetched into
+    <run>/pcap/ when it failed, in any phase; removed in the guest either way."""
+    pcaps = item.stash.get(PCAPS, [])
+    if not pcaps or not vm.alive():
+        return
+    if failing or reporting.attempt_failed(item):
+        (run_dir / "pcap").mkdir(exist_ok=True)
+        for i, path in enumerate(pcaps):
+            local = run_dir / "pcap" / os.path.basename(path)
+            try:
+                vm.get(path, local)
+                reporting.attach(item, "pcap" if i == 0 else f"pcap{i + 1}", local)
+            except BpfpmError:
+                pass                # a lost guest: the vm fixture says so
+    try:
+        vm.call("file.remove", paths=pcaps, _timeout=30)
+    except BpfpmError:
+        pass
 
 
 @pytest.fixture
@@ -165,11 +216,18 @@ def measure(request, run_dir):
 @pytest.fixture
 def network(vm, request, run_dir):
     """Factory: network(spec) -> Network created now, destroyed after the test;
-    the transfers it ran are saved to <run>/transfers/<test>.json."""
+    the transfers it ran are saved to <run>/transfers/<test>.json. Its links
+    are captured (kept by the vm fixture if the test fails); a failing
+    test's guest state goes to <run>/state/<test>.txt."""
     made = []
+    slug = request.node.name.replace("/", "_")
+    pcaps = request.node.stash[PCAPS] = []
+    request.node.stash[NETS] = made
 
     def make(spec: TopoSpec) -> Network:
-        net = Network(vm, spec).create()
+        pcap = f"/tmp/bpfpm/pcap/{slug}{'-' + str(len(made) + 1) if made else ''}.pcap"
+        pcaps.append(pcap)
+        net = Network(vm, spec, capture=pcap).create()
         made.append(net)
         return net
 
@@ -178,6 +236,8 @@ def network(vm, request, run_dir):
     if reports:
         (run_dir / "transfers").mkdir(exist_ok=True)
         results.write_json(run_dir / "transfers" / f"{request.node.name}.json", reports)
+        reporting.attach(request.node, "transfers", run_dir / "transfers" /
+                         f"{request.node.name}.json")
     if INTERRUPTED in request.config.stash:
         return
     for net in made:
@@ -244,7 +304,8 @@ def recorder(load_pm):
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
-    setattr(item, f"rep_{rep.when}", rep)
+    if rep.failed and rep.when in ("setup", "call"):
+        _dump_state(item)
     if rep.when == "call" and rep.failed and "run_dir" in item.fixturenames:
         run = item.funcargs.get("run_dir")
         if run:

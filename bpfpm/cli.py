@@ -112,6 +112,30 @@ def cmd_test(a) -> int:
     return runner.run_pytest(a.pytest_args)
 
 
+def cmd_report(a) -> int:
+    from . import reporting, results
+    a.action = a.runs.pop(0) if a.runs[:1] in (["show"], ["merge"]) else "show"
+    if a.action == "merge":
+        if not a.out or not a.runs:
+            log.error("report merge: give the shards' run directories and -o OUT")
+            return 2
+        out = reporting.merge([Path(r) for r in a.runs], Path(a.out))
+        print(f"merged {len(a.runs)} runs into {out}: kcidb.json tests.jsonl results.ktap")
+        return 0
+    run = Path(a.runs[0]) if a.runs else results.results_root() / "latest"
+    try:
+        print(reporting.summary(run.resolve()))
+    except FileNotFoundError as e:
+        log.error(f"{e}; run `make test` first, or name a run directory")
+        return 1
+    page = run / "index.html"
+    if a.open and page.exists():
+        import webbrowser
+        if not webbrowser.open(page.resolve().as_uri()):
+            log.warn("no browser to open it with here; the path is above")
+    return 0
+
+
 def cmd_bench_framework(a) -> int:
     from . import benchfw
     return benchfw.main(a)
@@ -198,6 +222,18 @@ def parser() -> argparse.ArgumentParser:
                        "`bpfpm test -k fallback vmtests/test_hooks.py`.")
     t.add_argument("pytest_args", nargs="*", help="pytest arguments (default: the whole suite)")
     t.set_defaults(fn=cmd_test)
+
+    rp = sub.add_parser(
+        "report", help="summary of the latest run (or RUN): failures with their evidence",
+        description="show: counts, each failing or rerun test with its kernel log, console, "
+        "pcap, guest state and transfer report, and the HTML page's path. merge: the "
+        "shards of one suite (--shard=i/n, maybe from several machines) into one "
+        "kcidb.json, tests.jsonl and results.ktap in OUT.")
+    rp.add_argument("runs", nargs="*", metavar="[show|merge] RUN",
+                    help="run directories (default: results/latest)")
+    rp.add_argument("-o", "--out", help="merge: the directory to write")
+    rp.add_argument("--open", action="store_true", help="show: open index.html in a browser")
+    rp.set_defaults(fn=cmd_report)
 
     b = sub.add_parser("bench-framework", help="measure the framework's speed targets")
     b.add_argument("--cold", action="store_true", help="also time a cold kernel build")

@@ -62,3 +62,52 @@ def current_run(label: str = "pytest") -> Path:
 
 def write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def run_root() -> Path:
+    """The run directory of this test session (`bpfpm test` names it in
+    BPFPM_RUN_DIR; pytest-xdist's workers inherit it)."""
+    return current_run()
+
+
+def worker_dir() -> Path:
+    """Where this process's guests keep their files: the run directory, or
+    under pytest-xdist a subdirectory per worker (gw0, gw1...), so that two
+    workers' guest1 never meet."""
+    run = run_root()
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return run
+    d = run / worker
+    d.mkdir(exist_ok=True)
+    return d
+
+
+# what each worker appends to, joined into the run directory at the end
+WORKER_FILES = ("failures.jsonl", "measurements.jsonl", "calls.jsonl", "boots.jsonl")
+
+
+def merge_worker_files(run: Path) -> None:
+    """The workers' jsonl files appended to the run directory's own, each
+    line tagged with its worker."""
+    for name in WORKER_FILES:
+        parts = sorted(run.glob(f"gw*/{name}"))
+        if not parts:
+            continue
+        with open(run / name, "a") as out:
+            for part in parts:
+                for line in part.read_text().splitlines():
+                    if line.strip():
+                        out.write(json.dumps(json.loads(line) | {"worker": part.parent.name})
+                                  + "\n")
+
+
+def kernel_info(run: Path) -> dict:
+    """The kernel the run's guests booted (kernel.json), or {} for a run
+    without guests."""
+    for p in [run / "kernel.json", *sorted(run.glob("gw*/kernel.json"))]:
+        try:
+            return json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+    return {}

@@ -43,7 +43,8 @@ def reap(run: Path) -> list[str]:
     """Kill what the VMs of `run` left running: vng's process groups and
     QEMU. Returns what was killed."""
     killed = []
-    for f in sorted(run.glob("*.vng.pid")) + sorted(run.glob("*.qemu.pid")):
+    # pytest-xdist's workers keep their guests in <run>/<worker>/
+    for f in sorted(run.rglob("*.vng.pid")) + sorted(run.rglob("*.qemu.pid")):
         try:
             pid = int(f.read_text().strip())
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -89,7 +90,10 @@ def _stop(proc: subprocess.Popen, run: Path) -> None:
 def pytest(argv: list[str], run: Path, cwd: Path | None = None) -> int:
     """pytest (argv after `python -m pytest`) with `run` as its run
     directory; its exit status. Interrupts end it as described above."""
-    env = dict(os.environ, BPFPM_RUN_DIR=str(run))
+    # a run started from inside an xdist worker (a test of the runner) is
+    # not one of that worker's: it gets its own run dir and all the cores
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST_")}
+    env["BPFPM_RUN_DIR"] = str(run)
     full = [sys.executable, "-m", "pytest", *argv]
     (run / "pytest.cmdline").write_text(shlex.join(full) + "\n")
     proc = subprocess.Popen(full, env=env, stdin=subprocess.DEVNULL, process_group=0,
@@ -109,5 +113,12 @@ def run_pytest(args: list[str]) -> int:
         log.step(f"results: {run}")
         if needs_vm(args):
             session.build_all()
-        return pytest([f"--junitxml={run / 'junit.xml'}", "-o", "junit_family=xunit2", *args],
-                      run)
+        return pytest([*report_args(run), *args], run)
+
+
+def report_args(run: Path) -> list[str]:
+    """JUnit (a failing test's kernel log and console tail in its
+    system-out) and pytest-html's page in the run directory; the KTAP and
+    KCIDB files come from bpfpm.reporting."""
+    return [f"--junitxml={run / 'junit.xml'}", "-o", "junit_family=xunit2",
+            "-o", "junit_logging=system-out", f"--html={run / 'index.html'}"]

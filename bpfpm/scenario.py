@@ -164,17 +164,54 @@ class Transfer:
 class Network:
     """A TopoSpec built in the guest, and what scenarios do with it."""
 
-    def __init__(self, guest, spec: TopoSpec):
+    def __init__(self, guest, spec: TopoSpec, capture: str | None = None):
         self.guest = guest      # a VM: call(), run(), time_scale
         self.spec = spec
         self.transfers: list[Transfer] = []
+        self.pcap = capture     # where the guest writes the capture of the links
+        self._capture: int | None = None
 
     def create(self) -> "Network":
+        """Build the topology in the guest; with `capture`, a tcpdump of the
+        client's links runs from before the first packet until destroy()."""
         self.guest.call("topo.create", spec=self.spec.to_dict())
+        if self.pcap:
+            self._capture = self.guest.call("capture.start", ns=self.spec.client_ns,
+                                            path=self.pcap, timeout=30 * self.scale)
         return self
 
     def destroy(self) -> None:
+        if self._capture is not None:
+            self.guest.call("capture.stop", handle=self._capture)
+            self._capture = None
         self.guest.call("topo.destroy", spec=self.spec.to_dict())
+
+    def state(self) -> str:
+        """What a failing test's reader asks for first, from both sides: the
+        MPTCP sockets and subflows, endpoints and limits, the MPTcp
+        counters, and the BPF programs and maps loaded (those of bpfpm's
+        PMs dumped)."""
+        script = []
+        for side in ("client", "server"):
+            ns = self.ns(side)
+            x = f"ip netns exec {ns}"
+            script += [f"echo '=== {side} ({ns})'",
+                       f"echo '--- ss -Mani'; {x} ss -Mani",
+                       f"echo '--- ss -tinO (subflows)'; {x} ss -tinO",
+                       f"echo '--- ip mptcp limits'; ip -n {ns} mptcp limits show",
+                       f"echo '--- ip mptcp endpoint'; ip -n {ns} mptcp endpoint show",
+                       f"echo '--- nstat MPTcp (non-zero)'; {x} nstat -as | grep -i mptcp",
+                       f"echo '--- sysctl net.mptcp'; {x} sysctl net.mptcp"]
+        script += ["echo '=== BPF'",
+                   "echo '--- bpftool prog show'; bpftool prog show",
+                   "echo '--- bpftool map show'; bpftool map show",
+                   "echo '--- bpftool cgroup tree'; bpftool cgroup tree",
+                   "for m in /sys/fs/bpf/bpfpm/*/maps/*; do [ -e \"$m\" ] || continue; "
+                   "echo \"--- bpftool map dump pinned $m\"; bpftool map dump pinned \"$m\" "
+                   "| head -400; done"]
+        res = self.guest.run("; ".join(f"( {c} ) 2>&1" for c in script),
+                             timeout=60 * self.scale, check=False)
+        return res.stdout + res.stderr
 
     # -- in-kernel path manager --------------------------------------------
     def limits(self, side: str, subflows: int = 8, add_addr_accepted: int = 8) -> dict:

@@ -77,8 +77,11 @@ class LogCheck:
 class GuestSession:
     """One guest at a time for a test session. A guest that is lost (crash,
     freeze, channel loss) is stopped with its console kept, and the next
-    test boots a fresh one. A kernel that does not boot stops the breaker:
-    every later test fails at once with that first error."""
+    test boots a fresh one. A kernel that does not boot twice (the second
+    time is the infrastructure rerun of the test, bpfpm.reporting) trips the
+    breaker: every later test fails at once with that error."""
+
+    BOOT_FAILURES = 2
 
     def __init__(self, kernel: KernelBuild, run_dir: Path, **vm_kw):
         self.kernel = kernel
@@ -88,6 +91,7 @@ class GuestSession:
         self.vm: VM | None = None
         self.boots = 0
         self.boot_failure: BootFailed | None = None
+        self.boot_failures = 0
         self._checked = 0           # console offset scanned so far
         self._carry: list[klog.Splat] = []  # from a lost guest, for the next test
         self._held = contextlib.ExitStack()
@@ -98,7 +102,7 @@ class GuestSession:
         return bool(self.kernel.info.get("debug"))
 
     def ensure(self) -> VM:
-        if self.boot_failure is not None:
+        if self.boot_failures >= self.BOOT_FAILURES:
             raise BootFailed(f"not booting again: the kernel did not boot earlier in this "
                              f"session:\n{self.boot_failure}")
         if self.vm is not None and self.vm.alive() and self.vm.ping():
@@ -113,6 +117,7 @@ class GuestSession:
             vm.start()
         except BootFailed as e:
             self.boot_failure = e
+            self.boot_failures += 1
             raise
         self.vm, self._checked = vm, 0
         with open(self.run_dir / "boots.jsonl", "a") as f:

@@ -118,13 +118,13 @@ class VM:
     """
 
     def __init__(self, kernel: KernelBuild, run_dir: Path, name: str = "vm",
-                 memory: str = "2G", cpus: int = 2, append: list[str] | None = None,
+                 memory: str = "2G", cpus: int | None = None, append: list[str] | None = None,
                  time_scale: float = 1.0, boot_deadline: float | None = None):
         self.kernel = kernel
         self.run_dir = run_dir
         self.name = name
         self.memory = memory
-        self.cpus = cpus
+        self.cpus = cpus or host.guest_cpus()
         self.append = append or []
         self.time_scale = time_scale
         self.boot_deadline = (boot_deadline or BOOT_DEADLINE) * time_scale

@@ -117,8 +117,9 @@ def test_panicking_guest_is_reported_kept_and_replaced(guest, measure):
 
 
 def test_unbootable_kernel_trips_the_breaker(kernel, tmp_path):
-    """Two boot attempts at most, one clear error with the console tail,
-    then every later request fails at once."""
+    """Two boot attempts at most, one clear error with the console tail; a
+    second request (the test's infrastructure rerun) tries once more, then
+    every later request fails at once."""
     # the last rootfstype= wins: the root cannot be mounted, the kernel panics
     gs = GuestSession(kernel, tmp_path, append=["rootfstype=bpfpm-no-such-fs"])
     try:
@@ -128,6 +129,9 @@ def test_unbootable_kernel_trips_the_breaker(kernel, tmp_path):
         first = time.monotonic() - t0
         assert "console tail" in str(e.value) and "VFS" in str(e.value)
         assert len(list(tmp_path.glob("guest1.console*.log"))) == 2, "two attempts, both kept"
+        with pytest.raises(BootFailed, match="console tail"):
+            gs.ensure()                             # the rerun's fresh guest
+        assert len(list(tmp_path.glob("guest2.console*.log"))) == 2
         t1 = time.monotonic()
         with pytest.raises(BootFailed, match="not booting again"):
             gs.ensure()

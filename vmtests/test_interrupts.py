@@ -37,6 +37,12 @@ def _children(pid):
         return []
 
 
+def _descendants(pid):
+    """pytest, and under xdist its workers."""
+    kids = _children(pid)
+    return kids + [d for k in kids for d in _descendants(k)]
+
+
 def _as_a_background_job():
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -48,29 +54,40 @@ def _pid(f):
         return None
 
 
-@pytest.mark.parametrize("sig,stage", [(signal.SIGINT, "test"), (signal.SIGTERM, "boot")],
-                         ids=["ctrl-c-during-a-test", "sigterm-during-boot"])
-def test_interrupt_ends_every_process_and_keeps_results(kernel, tmp_path, sig, stage,
+@pytest.mark.parametrize("sig,stage,jobs", [(signal.SIGINT, "test", 1),
+                                            (signal.SIGTERM, "boot", 1),
+                                            (signal.SIGINT, "test", 2)],
+                         ids=["ctrl-c-during-a-test", "sigterm-during-boot",
+                              "ctrl-c-with-2-guests"])
+def test_interrupt_ends_every_process_and_keeps_results(kernel, tmp_path, sig, stage, jobs,
                                                        measure):
     env = {k: v for k, v in os.environ.items() if k != "BPFPM_RUN_DIR"}
     env["BPFPM_RESULTS"] = str(tmp_path)
     out = open(tmp_path / "outer.log", "wb")
-    p = subprocess.Popen([sys.executable, "-m", "bpfpm.cli", "test", "vmtests/test_kernel_pm.py"],
+    spread = ["-n", str(jobs)] if jobs > 1 else []
+    p = subprocess.Popen([sys.executable, "-m", "bpfpm.cli", "test", *spread,
+                          "vmtests/test_kernel_pm.py"],
                          cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
                          stderr=subprocess.STDOUT, start_new_session=True,
                          preexec_fn=_as_a_background_job)
     try:
         run = _wait("run directory", lambda: next(tmp_path.glob("*-test"), None), 120)
-        console = run / "guest1.console.log"
-        if stage == "boot":
-            _wait("QEMU started", lambda: _pid(run / "guest1.qemu.pid"), 300)
-        else:
-            _wait("a test running", lambda: console.exists() and
-                  "bpfpm-mark-" in console.read_text(errors="replace"), 300)
-        pids = {"bpfpm": p.pid, "qemu": _pid(run / "guest1.qemu.pid"),
-                "vng": _pid(run / "guest1.vng.pid")}
-        pids.update({f"pytest {c}": c for c in _children(p.pid)})
-        assert pids["qemu"] and pids["vng"] and len(pids) >= 4, pids
+        # pytest-xdist's workers keep their guests in <run>/gw<i>/
+        dirs = [run] if jobs == 1 else [run / f"gw{i}" for i in range(jobs)]
+        consoles = [d / "guest1.console.log" for d in dirs]
+        for d in dirs:
+            _wait(f"QEMU started in {d.name}", lambda: _pid(d / "guest1.qemu.pid"), 300)
+        if stage == "test":
+            for console in consoles:
+                _wait("a test running", lambda: console.exists() and
+                      "bpfpm-mark-" in console.read_text(errors="replace"), 300)
+        pids = {"bpfpm": p.pid}
+        for d in dirs:
+            pids[f"qemu {d.name}"] = _pid(d / "guest1.qemu.pid")
+            pids[f"vng {d.name}"] = _pid(d / "guest1.vng.pid")
+        pids.update({f"pytest {c}": c for c in _descendants(p.pid)})
+        workers = jobs if jobs > 1 else 0
+        assert all(pids.values()) and len(pids) >= 2 + 2 * jobs + workers, pids
         t0 = time.monotonic()
         os.killpg(p.pid, sig)
         p.wait(timeout=60)
@@ -84,5 +101,6 @@ def test_interrupt_ends_every_process_and_keeps_results(kernel, tmp_path, sig, s
     measure("cleanup_seconds", round(took, 1))
     assert took <= CLEAN_WITHIN, f"cleanup took {took:.1f}s:\n{log[-3000:]}"
     assert p.returncode == 130, f"exit {p.returncode}:\n{log[-3000:]}"
-    assert console.exists() and console.stat().st_size > 0, "the console log must be kept"
-    assert not list(run.glob("*.qemu.pid")), "a QEMU pid file means a VM was not stopped"
+    for console in consoles:
+        assert console.exists() and console.stat().st_size > 0, "the console log must be kept"
+    assert not list(run.rglob("*.qemu.pid")), "a QEMU pid file means a VM was not stopped"

@@ -14,6 +14,8 @@ also while an op runs: the host tells a frozen guest from a slow op by it.
 from __future__ import annotations
 
 import base64
+import contextlib
+import functools
 import importlib
 import itertools
 import json
@@ -306,12 +308,36 @@ def _wait_file(path: str, timeout: float, proc: dict) -> None:
         time.sleep(0.02)
 
 
+CAPTURES: dict[int, float] = {}     # capture handle -> deadline to be listening
+
+
+def after_captures(op):
+    """An op that makes traffic runs once every capture started is listening."""
+    @functools.wraps(op)
+    def wrapped(*args, **kw):
+        for h, deadline in list(CAPTURES.items()):
+            e = PROCS.get(h)
+            while b"listening on" not in (e["dir"] / "stderr").read_bytes():
+                if e["p"].poll() is not None:
+                    CAPTURES.pop(h)
+                    raise RuntimeError(f"tcpdump exited (rc {e['p'].returncode}): "
+                                       f"{(e['dir'] / 'stderr').read_text()[-2000:]}")
+                if time.monotonic() > deadline:
+                    CAPTURES.pop(h)
+                    raise TimeoutError(f"tcpdump not listening in time: {' '.join(e['argv'])}")
+                time.sleep(0.005)
+            CAPTURES.pop(h)
+        return op(*args, **kw)
+    return wrapped
+
+
 # --- operations -------------------------------------------------------------
 
 def op_ping() -> str:
     return "pong"
 
 
+@after_captures
 def op_run(cmd: str, timeout: float) -> dict:
     """A shell command (bash), in a process group of its own; on timeout
     the group is killed, so nothing it started there outlives the call."""
@@ -329,6 +355,13 @@ def op_file_put(path: str, data: str, mode: int = 0o644) -> int:
 def op_file_get(path: str) -> str:
     with open(path, "rb") as f:
         return base64.b64encode(f.read()).decode()
+
+
+def op_file_remove(paths: list) -> None:
+    """Remove files that may be gone already (a fork of rm costs 70 ms under TCG)."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
 def op_kmsg(text: str) -> None:
@@ -352,6 +385,7 @@ def op_topo_create(spec: dict) -> dict:
 
 
 def op_topo_destroy(spec: dict) -> None:
+    CAPTURES.clear()
     PROCS.kill_all()
     netns.destroy(TopoSpec.from_dict(spec))
 
@@ -396,6 +430,7 @@ def op_mptcp_endpoints(ns: str) -> list:
     return mptcp.endpoints(ns)
 
 
+@after_captures
 def op_mptcp_abort_before_accept(**kw) -> dict:
     return mptcp.abort_before_accept(**kw)
 
@@ -432,6 +467,7 @@ def op_monitor_events(handle: int) -> list:
         return mptcp.parse_monitor(f.read().decode(errors="replace"))
 
 
+@after_captures
 def op_xfer_server(ns: str, port: int, family: int = 4, proto: str = "mptcp",
                    count: int = 1) -> int:
     h = PROCS.start(ns, [*XFER, "server", "--port", str(port),
@@ -441,6 +477,7 @@ def op_xfer_server(ns: str, port: int, family: int = 4, proto: str = "mptcp",
     return h
 
 
+@after_captures
 def op_xfer_client(ns: str, addr: str, port: int, nbytes: int = 8 << 20, seed: int = 1,
                    proto: str = "mptcp", bind: str | None = None, hold: bool = False,
                    await_subflows: int = 0, await_timeout: float = 60,
@@ -465,6 +502,7 @@ def op_xfer_release(handle: int) -> None:
     Path(PROCS.get(handle)["files"]["release"]).touch()
 
 
+@after_captures
 def op_burst_server(ns: str, port: int, count: int, family: int = 4) -> int:
     h = PROCS.start(ns, [*XFER, "burst-server", "--port", str(port),
                          "--family", str(family), "--count", str(count),
@@ -473,6 +511,7 @@ def op_burst_server(ns: str, port: int, count: int, family: int = 4) -> int:
     return h
 
 
+@after_captures
 def op_burst_client(ns: str, addr: str, port: int, count: int, subflows: int = 2,
                     wait: bool = True) -> int:
     argv = [*XFER, "burst-client", "--addr", addr, "--port", str(port),
@@ -482,6 +521,7 @@ def op_burst_client(ns: str, addr: str, port: int, count: int, subflows: int = 2
     return PROCS.start(ns, argv, "burst-client", {"report": "report.json"})
 
 
+@after_captures
 def op_bench_start(workload: str, client_ns: str, server_ns: str, addr: str, port: int,
                    count: int, **opts) -> int:
     """A bpfpm.guest.bench workload (both ends, one process); proc.wait
@@ -524,6 +564,7 @@ def op_xfer_progress(handle: int) -> list:
         return [0, 0, e["p"].poll()]
 
 
+@after_captures
 def op_proc_start(argv: list, ns: str | None = None) -> int:
     """Any command in the background (in netns `ns`); proc.wait for its end."""
     return PROCS.start(ns, [str(a) for a in argv], "cmd", {})
@@ -535,6 +576,29 @@ def op_proc_wait(handle: int, timeout: float = 120) -> dict:
 
 def op_proc_kill(handle: int) -> dict:
     return PROCS.kill(handle)
+
+
+def op_capture_start(ns: str, path: str, timeout: float = 30) -> int:
+    """tcpdump of every link of netns `ns` into `path`. Headers only: the
+    MPTCP options are what a failure's reader looks for, and the payload
+    would cost the guest's disk and time. tcpdump takes 0.2-0.3 s to start
+    under TCG: this returns at once, and the ops that make traffic wait for
+    it to listen first (after_captures), so the first SYN is in the file
+    and the test's set-up (limits, endpoints, PMs) overlaps the start."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    h = PROCS.start(ns, ["tcpdump", "-i", "any", "-n", "-s", "200", "-U", "-Z", "root",
+                         "-w", path], "capture", {})
+    CAPTURES[h] = time.monotonic() + timeout
+    return h
+
+
+def op_capture_stop(handle: int) -> int:
+    """End a capture (tcpdump writes what it holds on SIGTERM); the pcap's size."""
+    CAPTURES.pop(handle, None)
+    e = PROCS.get(handle)
+    PROCS.kill(handle)
+    out = e["argv"][-1]
+    return os.path.getsize(out) if os.path.exists(out) else 0
 
 
 def op_bpf_load(obj: str, name: str) -> None:
