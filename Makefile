@@ -8,8 +8,9 @@ PY      := $(VENV)/bin/python
 BPFPM   := $(VENV)/bin/bpfpm
 STAMP   := $(VENV)/.bpfpm-setup
 export PATH := $(abspath $(VENV))/bin:$(PATH)
-# JOBS=1 is the plain serial run; SHARD=i/n a deterministic slice for a CI matrix
-SPREAD  := $(if $(filter-out 0 1,$(JOBS)),-n $(JOBS)) $(if $(SHARD),--shard=$(SHARD))
+# JOBS=N guests at once (`make test`'s default is auto: one per core, 3 GiB each;
+# `make vmtest`'s is 1); SHARD=i/n a deterministic slice of the suite for a CI matrix
+SHARDING := $(if $(SHARD),--shard=$(SHARD))
 
 .PHONY: help setup kernel pms shell demo test test-fast vmtest bench bench-framework \
         report debug-test config-test series-check mutation-test fuzz soak kselftest bisect bisect-demo cache test-faults clean-results
@@ -21,7 +22,7 @@ help:
 	@echo "make shell            boot the guest and open an interactive shell"
 	@echo "make demo             build, boot, run a two-link MPTCP transfer, print subflows"
 	@echo "make test             unit tests + VM scenarios (JUnit in results/latest/)"
-	@echo "  JOBS=N SHARD=i/n      N guests at once (xdist); only the i-th of n slices"
+	@echo "  JOBS=N SHARD=i/n      N guests at once (default auto, 1: serial); the i-th of n slices"
 	@echo "make report [ARGS=--open]  the latest run: failures with their evidence, index.html"
 	@echo "make test-fast        unit tests only (no VM)"
 	@echo "make test-faults      the long fault injections: Ctrl-C during a build, two runs at once"
@@ -63,7 +64,7 @@ demo: setup
 	$(BPFPM) demo
 
 test: setup
-	$(BPFPM) test $(SPREAD) $(ARGS)
+	$(BPFPM) test --jobs=$(or $(JOBS),auto) $(SHARDING) $(ARGS)
 
 test-faults: setup
 	$(BPFPM) test faulttests $(ARGS)
@@ -72,7 +73,7 @@ test-fast: setup
 	$(PY) -m pytest tests $(ARGS)
 
 vmtest: setup
-	$(BPFPM) test $(SPREAD) -k "$(T)" vmtests $(ARGS)
+	$(BPFPM) test --jobs=$(or $(JOBS),1) $(SHARDING) -k "$(T)" vmtests $(ARGS)
 
 report: setup
 	$(BPFPM) report $(ARGS)

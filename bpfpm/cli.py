@@ -109,7 +109,19 @@ def cmd_demo(a) -> int:
 
 def cmd_test(a) -> int:
     from . import runner
-    return runner.run_pytest(a.pytest_args)
+    args, jobs = list(a.pytest_args), None
+    for i, arg in enumerate(args):
+        if arg.startswith("--jobs="):
+            jobs = args.pop(i).split("=", 1)[1]
+            break
+        if arg == "--jobs" and i + 1 < len(args):
+            jobs = args[i + 1]
+            del args[i:i + 2]
+            break
+    if jobs is not None and jobs != "auto" and not jobs.isdigit():
+        log.error(f"--jobs {jobs}: expected a number or auto")
+        return 2
+    return runner.run_pytest(args, jobs)
 
 
 def cmd_report(a) -> int:
@@ -218,8 +230,10 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
 
     t = sub.add_parser("test", help="run pytest (unit tests + VM scenarios) into results/",
-                       description="Any other arguments go to pytest, e.g. "
-                       "`bpfpm test -k fallback vmtests/test_hooks.py`.")
+                       description="--jobs N|auto runs N guests at once (pytest-xdist, "
+                       "one guest per worker; auto: one per core, 3 GiB each); any other "
+                       "arguments go to pytest, e.g. `bpfpm test -k fallback "
+                       "vmtests/test_hooks.py`, `--shard=2/3` for a slice of the suite.")
     t.add_argument("pytest_args", nargs="*", help="pytest arguments (default: the whole suite)")
     t.set_defaults(fn=cmd_test)
 

@@ -34,13 +34,28 @@ def accel() -> str:
     return "kvm"
 
 
+def test_jobs() -> int:
+    """How many guests `bpfpm test --jobs auto` runs at once: one per host
+    core (a TCG vCPU keeps a core busy), and 3 GiB of RAM each (2 for the
+    guest, the rest for QEMU and the host side); 8 at most."""
+    try:
+        with open("/proc/meminfo") as f:
+            mem_kib = int(next(ln.split()[1] for ln in f if ln.startswith("MemTotal:")))
+    except (OSError, StopIteration, ValueError):
+        mem_kib = 0
+    return max(1, min(os.cpu_count() or 1, mem_kib // (3 << 20), 8))
+
+
 def guest_cpus() -> int:
     """vCPUs per guest: 2, or under `JOBS=N` (pytest-xdist) the host's cores
     shared among the N guests. Under TCG a vCPU is a host thread that runs
     flat out: measured here, two 2-vCPU guests on 2 cores booted in 12-15 s
     instead of 6-7 s, and the suite took longer than serially."""
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    return max(1, min(2, (os.cpu_count() or 2) // workers))
+    return guest_cpus_for(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1))
+
+
+def guest_cpus_for(guests: int) -> int:
+    return max(1, min(2, (os.cpu_count() or 2) // guests))
 
 
 def kvm_unusable_reason() -> str | None:

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import log, session
+from . import host, log, session
 
 GRACE = 10.0
 PR_SET_PDEATHSIG = 1
@@ -107,12 +107,18 @@ def pytest(argv: list[str], run: Path, cwd: Path | None = None) -> int:
     return rc
 
 
-def run_pytest(args: list[str]) -> int:
-    """`bpfpm test`: build first, then pytest into a new run directory."""
+def run_pytest(args: list[str], jobs: str | None = None) -> int:
+    """`bpfpm test`: build first, then pytest into a new run directory;
+    `jobs` guests at once (a number, or "auto": host.test_jobs())."""
     with session.run_dir("test") as run:
         log.step(f"results: {run}")
         if needs_vm(args):
             session.build_all()
+            n = host.test_jobs() if jobs == "auto" else int(jobs or 1)
+            if n > 1:
+                log.step(f"{n} guests at once (pytest-xdist; --jobs 1 for one at a time), "
+                         f"{host.guest_cpus_for(n)} vCPU each")
+                args = ["-n", str(n), *args]
         return pytest([*report_args(run), *args], run)
 
 
