@@ -325,7 +325,14 @@ def main(argv=None) -> int:
     # everything after `test` goes to pytest (-k, -x, ...), except a lone --help
     if argv[:1] == ["test"] and argv[1:] not in (["-h"], ["--help"]) and "--" not in argv:
         argv.insert(1, "--")
-    a = parser().parse_args(argv)
+    p = parser()
+    a, extra = p.parse_known_args(argv)
+    # `report merge -o OUT RUN...`: argparse leaves the run directories that
+    # follow an option over
+    if getattr(a, "fn", None) is cmd_report and not any(x.startswith("-") for x in extra):
+        a.runs += extra
+    elif extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
     # SIGTERM unwinds like Ctrl-C, so builds and VMs are cleaned up
     signal.signal(signal.SIGTERM, _terminated)
     # A shell starts its background jobs with SIGINT ignored, and exec keeps

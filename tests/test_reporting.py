@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from bpfpm import kcidb, reporting
+from bpfpm import cli, kcidb, reporting
 
 TESTS = '''
 import os, pathlib, pytest
@@ -146,7 +146,8 @@ def test_shards_are_disjoint_cover_the_suite_and_merge(inner, tmp_path):
         "test_channel_lost_once_is_rerun", "test_crash_is_a_verdict",
         "test_assertion_is_a_verdict", "test_skipped"}
     # one report, as a CI matrix over three machines would publish it
-    out = reporting.merge(runs, tmp_path / "merged")
+    out = tmp_path / "merged"
+    assert cli.main(["report", "merge", "-o", str(out), *map(str, runs)]) == 0
     data = json.loads((out / "kcidb.json").read_text())
     kcidb.validate(data)
     assert (len(data["checkouts"]), len(data["builds"]), len(data["tests"])) == (1, 1, 6)
