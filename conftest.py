@@ -119,7 +119,12 @@ def guest(kernel, run_dir, pm_objects, request):
 def vm(guest, request, run_dir):
     """The running guest; fails the test on any kernel splat since the last
     check (what came before the test began is named so)."""
-    vm = guest.ensure()
+    try:
+        vm = guest.ensure()
+    except GuestError:
+        if guest.console is not None:      # its tail goes to JUnit's system-out
+            reporting.attach(request.node, "console", guest.console)
+        raise
     begin = guest.begin_test(request.node.nodeid)
     yield vm
     if INTERRUPTED in request.config.stash:

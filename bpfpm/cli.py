@@ -26,6 +26,7 @@ environment:
   DEBUG=1            debug kernel (KASAN, lockdep, kmemleak, ...)
   BPFPM_CONFIG=name  also apply kernel/configs/<name>.config (e.g. no-cgroup-bpf)
   BPFPM_ACCEL=kvm|tcg  force the QEMU accelerator (default: detected)
+  BPFPM_APPEND="..."  more kernel command line for every guest
   BPFPM_CACHE=dir    build cache (default ~/.cache/bpfpm)
   BPFPM_RESULTS=dir  where run directories go (default ./results)
   BPFPM_KERNEL_BUILD=dir  use a kernel built elsewhere (bzImage + vmlinux), build nothing

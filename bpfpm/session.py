@@ -92,6 +92,7 @@ class GuestSession:
         self.boots = 0
         self.boot_failure: BootFailed | None = None
         self.boot_failures = 0
+        self.console: Path | None = None    # the last guest's, booted or not
         self._checked = 0           # console offset scanned so far
         self._carry: list[klog.Splat] = []  # from a lost guest, for the next test
         self._held = contextlib.ExitStack()
@@ -113,6 +114,7 @@ class GuestSession:
         self.boots += 1
         vm = VM(self.kernel, self.run_dir, name=f"guest{self.boots}",
                 time_scale=self.time_scale, **self.vm_kw)
+        self.console = vm.console_log
         try:
             vm.start()
         except BootFailed as e:

@@ -125,7 +125,9 @@ class VM:
         self.name = name
         self.memory = memory
         self.cpus = cpus or host.guest_cpus()
-        self.append = append or []
+        # BPFPM_APPEND: more kernel command line for every guest (a developer's
+        # debug options; the tests' unbootable kernel)
+        self.append = [*(append or []), *os.environ.get("BPFPM_APPEND", "").split()]
         self.time_scale = time_scale
         self.boot_deadline = (boot_deadline or BOOT_DEADLINE) * time_scale
         self.keys = guestssh.keys()

@@ -24,18 +24,22 @@ PASSING = "vmtests/evidence/scenarios.py::test_passes_after_a_transfer"
 RERUN = "vmtests/evidence/scenarios.py::test_passes_on_a_fresh_guest_after_losing_its_channel"
 
 
-@pytest.fixture(scope="module")
-def inner_run(kernel, tmp_path_factory):
-    results = tmp_path_factory.mktemp("inner")
+def bpfpm_test(results, *args, **env_extra):
+    """A `bpfpm test` of its own, results under `results`: (process, run, records)."""
     env = {k: v for k, v in os.environ.items() if k != "BPFPM_RUN_DIR"}
-    env["BPFPM_RESULTS"] = str(results)
+    env.update(BPFPM_RESULTS=str(results), **env_extra)
     p = subprocess.run([sys.executable, "-m", "bpfpm.cli", "test", "-p", "no:cacheprovider",
-                        "vmtests/evidence/scenarios.py"], cwd=ROOT, env=env,
+                        *args], cwd=ROOT, env=env,
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
     run = (results / "latest").resolve()
     recs = {r["nodeid"]: r for r in map(json.loads, (run / "tests.jsonl").read_text()
                                          .splitlines())}
     return p, run, recs
+
+
+@pytest.fixture(scope="module")
+def inner_run(kernel, tmp_path_factory):
+    return bpfpm_test(tmp_path_factory.mktemp("inner"), "vmtests/evidence/scenarios.py")
 
 
 def test_the_failure_is_a_failure_and_the_pass_a_pass(inner_run):
@@ -103,3 +107,23 @@ def test_a_lost_channel_is_rerun_on_a_fresh_guest_and_said_so(inner_run):
     test = next(t for t in json.loads((run / "kcidb.json").read_text())["tests"]
                 if t["path"].endswith("losing_its_channel"))
     assert test["status"] == "PASS" and test["misc"]["reruns"] == 1
+
+
+def test_a_kernel_that_does_not_boot_is_rerun_then_reported_with_its_console(kernel,
+                                                                            tmp_path):
+    """The root cannot be mounted (the last rootfstype= wins): the test's
+    setup fails with BootFailed, its infrastructure rerun boots again and
+    fails again, and the error carries the console in every report."""
+    p, run, recs = bpfpm_test(tmp_path, "-k", "passes_after", "vmtests/evidence/scenarios.py",
+                              BPFPM_APPEND="rootfstype=bpfpm-no-such-fs")
+    assert p.returncode == 1, p.stdout[-3000:]
+    r = recs[PASSING]
+    assert (r["outcome"], r["reruns"]) == ("error", 1), r
+    assert "BootFailed" in r["rerun_reasons"][0] and "BootFailed" in r["message"]
+    assert len(list(run.glob("guest*.console*.log"))) == 4, "two boots per attempt, all kept"
+    case = next(c for c in ET.parse(run / "junit.xml").iter("testcase"))
+    assert case.find("error") is not None and case.find("rerunFailure") is not None
+    assert "console tail" in case.find("system-out").text
+    assert "VFS" in case.find("system-out").text, "the console says why it did not boot"
+    test = json.loads((run / "kcidb.json").read_text())["tests"][0]
+    assert test["status"] == "ERROR" and test["misc"]["reruns"] == 1
