@@ -8,8 +8,8 @@ PY      := $(VENV)/bin/python
 BPFPM   := $(VENV)/bin/bpfpm
 STAMP   := $(VENV)/.bpfpm-setup
 export PATH := $(abspath $(VENV))/bin:$(PATH)
-# JOBS=N guests at once (`make test`'s default is auto: one per core, 3 GiB each;
-# `make vmtest`'s is 1); SHARD=i/n a deterministic slice of the suite for a CI matrix
+# JOBS=N guests at once (default 1: one guest of 2 vCPUs; auto: one per core, 3 GiB
+# each, the cores shared among them); SHARD=i/n a deterministic slice for a CI matrix
 SHARDING := $(if $(SHARD),--shard=$(SHARD))
 
 .PHONY: help setup kernel pms shell demo test test-fast vmtest bench bench-framework \
@@ -22,7 +22,7 @@ help:
 	@echo "make shell            boot the guest and open an interactive shell"
 	@echo "make demo             build, boot, run a two-link MPTCP transfer, print subflows"
 	@echo "make test             unit tests + VM scenarios (JUnit in results/latest/)"
-	@echo "  JOBS=N SHARD=i/n      N guests at once (default auto, 1: serial); the i-th of n slices"
+	@echo "  JOBS=N|auto SHARD=i/n N guests at once (default 1); the i-th of n slices"
 	@echo "make report [ARGS=--open]  the latest run: failures with their evidence, index.html"
 	@echo "make test-fast        unit tests only (no VM)"
 	@echo "make test-faults      the long fault injections: Ctrl-C during a build, two runs at once"
@@ -64,7 +64,7 @@ demo: setup
 	$(BPFPM) demo
 
 test: setup
-	$(BPFPM) test --jobs=$(or $(JOBS),auto) $(SHARDING) $(ARGS)
+	$(BPFPM) test --jobs=$(or $(JOBS),1) $(SHARDING) $(ARGS)
 
 test-faults: setup
 	$(BPFPM) test faulttests $(ARGS)

@@ -27,7 +27,7 @@ import signal
 
 import pytest
 
-from bpfpm import events, kcidb, patches, pms, pmsetup, reporting, results
+from bpfpm import events, host, kcidb, patches, pms, pmsetup, reporting, results
 from bpfpm import session as bpfpm_session
 from bpfpm.errors import BpfpmError, GuestError
 from bpfpm.scenario import Network
@@ -95,8 +95,10 @@ def guest(kernel, run_dir, pm_objects, request):
     # pm_objects first: the guest's 9p root caches directory entries, so
     # files must exist before it boots.
     gs = GuestSession(kernel, run_dir)
+    built = kernel.info.get("patches", [])      # what the build applied, by name
     results.write_json(run_dir / "kernel.json", kernel.info | {
-        "release": kernel.release, "patchset_hash": kcidb.patchset_hash(patches.series())})
+        "release": kernel.release, "vcpus": host.guest_cpus(),
+        "patchset_hash": kcidb.patchset_hash([p for p in patches.series() if p.name in built])})
     yield gs
     if INTERRUPTED in request.config.stash:
         gs.close()                  # no more guest calls: just end QEMU
@@ -159,6 +161,7 @@ def vm(guest, request, run_dir):
         problems.append(f"kmemleak found leaks after this test:\n{leaks[:6000]}")
     _keep_pcaps(vm, request.node, run_dir, bool(problems))
     if problems:
+        reporting.kernel_fault(request.node)    # a verdict on the kernel, not the rig
         pytest.fail("\n\n".join(problems), pytrace=False)
     # a test that already failed on the lost guest has said so
     rep = getattr(request.node, "rep_call", None)
@@ -240,9 +243,8 @@ def network(vm, request, run_dir):
     reports = [r for net in made for r in net.reports()]
     if reports:
         (run_dir / "transfers").mkdir(exist_ok=True)
-        results.write_json(run_dir / "transfers" / f"{request.node.name}.json", reports)
-        reporting.attach(request.node, "transfers", run_dir / "transfers" /
-                         f"{request.node.name}.json")
+        results.write_json(run_dir / "transfers" / f"{slug}.json", reports)
+        reporting.attach(request.node, "transfers", run_dir / "transfers" / f"{slug}.json")
     if INTERRUPTED in request.config.stash:
         return
     for net in made:

@@ -132,7 +132,11 @@ def cmd_report(a) -> int:
         if not a.out or not a.runs:
             log.error("report merge: give the shards' run directories and -o OUT")
             return 2
-        out = reporting.merge([Path(r) for r in a.runs], Path(a.out))
+        try:
+            out = reporting.merge([Path(r) for r in a.runs], Path(a.out))
+        except (OSError, ValueError) as e:
+            log.error(f"report merge: {e}")
+            return 1
         print(f"merged {len(a.runs)} runs into {out}: kcidb.json tests.jsonl results.ktap")
         return 0
     run = Path(a.runs[0]) if a.runs else results.results_root() / "latest"

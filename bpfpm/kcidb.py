@@ -146,7 +146,8 @@ def _test(rec: dict, bid: str, run_name: str, origin: str, run_dir: Path,
          "misc": _drop_none({"nodeid": nodeid, "run": run_name, "outcome": outcome,
                              "reruns": reruns, "rerun_reasons": rec.get("rerun_reasons") or [],
                              "passed_on_rerun": outcome == "passed" and reruns > 0,
-                             "flaky": bool(rec.get("flaky")), "message": rec.get("message") or None,
+                             "flaky": bool(rec.get("flaky")),
+                             "message": rec.get("message") or None,
                              "worker": rec.get("worker")})}
     if isinstance(rec.get("duration"), (int, float)):
         t["duration"] = float(rec["duration"])
@@ -189,6 +190,11 @@ def report(records: list[dict], kernel: dict | None, run_name: str, run_dir: Pat
     data["checkouts"] = [_checkout(kernel, origin)]
     data["builds"] = [_build(kernel, origin, run_dir, base_url, arch)]
     data["tests"] = [_test(r, bid, run_name, origin, run_dir, base_url) for r in records]
+    if kernel.get("vcpus"):     # the guest the tests ran in (SMP or not)
+        env = {"comment": f"QEMU guest, {kernel['vcpus']} vCPU(s)",
+               "misc": {"vcpus": kernel["vcpus"]}}
+        for t in data["tests"]:
+            t["environment"] = env
     ids = [t["id"] for t in data["tests"]]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)

@@ -1,29 +1,34 @@
 """What a test run reports, in the formats CI systems read.
 
-A pytest plugin (conftest.py loads it) in two halves:
+A pytest plugin (pyproject's addopts load it: `-p bpfpm.reporting`) in two
+halves:
 
 - where a test runs (the pytest process, or an xdist worker): the
   evidence a test leaves (its kernel log, the console of its guest, its
   transfers, and on failure a pcap and a guest-state dump) is named in the
   test's user properties as `bpfpm.<kind>` = a path relative to the run
   directory (`attach`); a failing test gets its kernel log and the console
-  tail as report sections, which JUnit writes into its `system-out`.
+  tail as report sections, which JUnit writes into its `system-out`; a
+  failure that is the kernel's (a crash, a splat, a leak) is marked so.
 - where reports arrive (the pytest process, or the xdist controller): one
-  record per test, its final attempt plus the attempts that were rerun;
-  at the end `tests.jsonl`, `results.ktap`, `kcidb.json` (validated),
-  the rerun attempts added to `junit.xml`, and links on pytest-html's page.
+  record per test, its final attempt plus the attempts that were rerun
+  (a test cut short by an interrupt or a crashed worker is an error, never
+  dropped); at the end `tests.jsonl`, `results.ktap`, `kcidb.json`
+  (validated), the rerun attempts added to `junit.xml`, and links on
+  pytest-html's page.
 
-Reruns: a test marked `known_flaky(reason=...)` is rerun once whatever
-failed; every other VM test is rerun once, on a fresh guest, only when the
+Reruns: a test marked `known_flaky(reason=...)` is rerun once when it
+fails; every other VM test is rerun once, on a fresh guest, only when the
 infrastructure failed under it (the guest never booted, its channel
-dropped, QEMU froze or vanished). A kernel crash is never rerun: it is a
-verdict. Reruns are counted apart everywhere: pytest's summary line,
+dropped, QEMU froze or vanished). The kernel's own faults are never rerun:
+a crash, a splat, a leak, or a freeze whose console shows a lockup, a hung
+task or an RCU stall are verdicts. Reruns are counted apart everywhere: pytest's summary line,
 JUnit (`flakyFailure`/`rerunFailure`, Maven Surefire's elements, and a
 `bpfpm.reruns` property), KTAP and KCIDB.
 
-`--shard=i/n` keeps every n-th test of the collection, starting at the
-i-th: a deterministic slice for a CI matrix (`bpfpm report merge` joins
-the shards' KCIDB files).
+`--shard=i/n` keeps every n-th test of the selection (after -k/-m), from
+the i-th on: a deterministic slice for a CI matrix (`bpfpm report merge`
+joins the shards' KCIDB, KTAP and tests.jsonl).
 """
 
 from __future__ import annotations
@@ -36,14 +41,21 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from _pytest import junitxml     # its xml_key and name mangling: one truth
 
 from . import kcidb, ktap, results
-from .errors import BootFailed, ChannelLost, GuestFrozen, QemuExited
+from .errors import BootFailed, ChannelLost, GuestCrashed, GuestFrozen, QemuExited
 
 # The infrastructure failures worth one more attempt on a fresh guest.
 INFRA_ERRORS = [BootFailed, ChannelLost, GuestFrozen, QemuExited]
-# ... except the boot breaker's refusal: the kernel did not boot before
-NOT_INFRA = ["not booting again"]
+# The kernel's faults, never rerun: a crash, what the per-test log check
+# finds, and a freeze that the console shows is the kernel's (the frozen
+# guest's report carries the console tail).
+KERNEL_FAULTS = [GuestCrashed, r"splat\(s\)", "kmemleak",
+                 r"soft lockup|hung_task|blocked for more than|rcu.{0,20}stall"]
+# ... nor the boot breaker's refusal: the kernel did not boot before
+NOT_INFRA = [*KERNEL_FAULTS, "not booting again"]
+KERNEL_FAULT = pytest.StashKey[bool]()
 
 KLOG_LINES = 200        # of a failing test's kernel log, in its report
 CONSOLE_LINES = 40      # of the console's tail
@@ -95,10 +107,16 @@ def _shard(spec: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
+def kernel_fault(item: pytest.Item) -> None:
+    """The test's failure is the kernel's (a splat, a leak): a verdict
+    (failed, KCIDB FAIL), never an infrastructure error, never rerun."""
+    item.stash[KERNEL_FAULT] = True
+
+
 def pytest_addoption(parser):
-    parser.addoption("--shard", metavar="i/n", default=os.environ.get("BPFPM_SHARD") or None,
+    parser.addoption("--shard", metavar="i/n", default=None,
                      help="run only the i-th of n deterministic slices of the selected tests "
-                     "(every n-th test in collection order); BPFPM_SHARD sets it too")
+                     "(every n-th test in collection order, after -k/-m)")
 
 
 def pytest_configure(config):
@@ -113,6 +131,7 @@ def pytest_configure(config):
         config.pluginmanager.register(Collector(config), "bpfpm-collector")
 
 
+@pytest.hookimpl(trylast=True)         # after -k/-m/--deselect
 def pytest_collection_modifyitems(config, items):
     spec = config.getoption("shard")
     if spec:
@@ -126,7 +145,7 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("flaky"):
             continue                    # rerunfailures' own marker: as written
         if item.get_closest_marker("known_flaky"):
-            item.add_marker(pytest.mark.flaky(reruns=1))
+            item.add_marker(pytest.mark.flaky(reruns=1, rerun_except=KERNEL_FAULTS))
         elif item.get_closest_marker("vm"):
             item.add_marker(pytest.mark.flaky(reruns=1, only_rerun=INFRA_ERRORS,
                                               rerun_except=NOT_INFRA))
@@ -139,12 +158,17 @@ def pytest_runtest_setup(item):
                                if not k.startswith(PREFIX)]
     for when in ("setup", "call", "teardown"):
         item.__dict__.pop(f"rep_{when}", None)
+    if KERNEL_FAULT in item.stash:
+        del item.stash[KERNEL_FAULT]
 
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
+    if report.failed and (item.stash.get(KERNEL_FAULT, False) or
+                          (call.excinfo and call.excinfo.errisinstance(GuestCrashed))):
+        report.bpfpm_kernel_fault = True       # a plain attribute: xdist carries it
     if report.when == "teardown" and (attempt_failed(item) or report.failed):
         add_sections(item, report)
     return report
@@ -169,6 +193,7 @@ class Collector:
         self.config = config
         self.records: dict[str, dict] = {}
         self.attempts: dict[str, dict] = {}
+        self.problems: list[str] = []       # reports that could not be written
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -177,8 +202,11 @@ class Collector:
             prev = self.attempts.get(report.nodeid, {})
             a = self.attempts[report.nodeid] = {
                 "reruns": prev.get("reruns", 0), "rerun_reasons": prev.get("rerun_reasons", []),
+                "rerun_files": prev.get("rerun_files", []),
                 "outcome": "passed", "duration": 0.0, "start": getattr(report, "start", None),
-                "message": "", "longrepr": "", "rerun": False}
+                "message": "", "longrepr": "", "rerun": False,
+                "worker": getattr(getattr(getattr(report, "node", None), "gateway", None),
+                                  "id", None)}
         a["duration"] += report.duration
         if report.outcome == "rerun":
             if not a["rerun"]:
@@ -186,61 +214,72 @@ class Collector:
                 a["reruns"] += 1
                 a["rerun_reasons"].append(f"{report.when}: {_message(report)}")
         elif report.failed and a["outcome"] in ("passed", "skipped"):
-            # a splat found after the test is the kernel's fault, not the rig's
-            splat = report.when == "teardown" and re.search(r"splat\(s\)|kmemleak",
-                                                             report.longreprtext)
-            a["outcome"] = "failed" if report.when == "call" or splat else "error"
+            # set-up/teardown errors are the rig's, unless the kernel is at fault
+            kernel = getattr(report, "bpfpm_kernel_fault", False)
+            a["outcome"] = "failed" if report.when == "call" or kernel else "error"
             a["message"] = (f"{report.when}: " if report.when != "call" else "") + \
                 _message(report)
             a["longrepr"] = report.longreprtext[-20000:]
         elif report.skipped and a["outcome"] == "passed":
             a["outcome"] = "skipped"
             a["message"] = _message(report)
-        if report.when != "teardown":
+        if report.when in ("setup", "call"):
             return
+        # teardown; or "???": the xdist worker running the test crashed
         files = {k[len(PREFIX):]: v for k, v in report.user_properties if k.startswith(PREFIX)}
         # pytest-html: a link per piece of evidence, relative to index.html
         if files:
             from pytest_html import extras
             report.extras = [*getattr(report, "extras", []),
                              *(extras.url(v, name=k) for k, v in sorted(files.items()))]
-        if a["rerun"]:
-            return                                  # another attempt follows
-        node = getattr(report, "node", None)
-        self.records[report.nodeid] = {
-            "nodeid": report.nodeid, "outcome": a["outcome"],
+        if a["rerun"] and report.when == "teardown":
+            a["rerun_files"].append(files)          # another attempt follows
+            return
+        if report.when != "teardown" and a["outcome"] == "passed":
+            a["outcome"], a["message"] = "error", f"the xdist worker crashed: {_message(report)}"
+        self._record(report.nodeid, a, files, "known_flaky" in report.keywords)
+
+    def _record(self, nodeid: str, a: dict, files: dict, flaky: bool) -> None:
+        self.records[nodeid] = {
+            "nodeid": nodeid, "outcome": a["outcome"],
             "duration": round(a["duration"], 3), "start": a["start"],
             "reruns": a["reruns"], "rerun_reasons": a["rerun_reasons"],
+            "rerun_files": a["rerun_files"],
             "message": a["message"], "longrepr": a["longrepr"],
-            "worker": getattr(getattr(node, "gateway", None), "id", None),
-            "flaky": "known_flaky" in report.keywords, "files": files}
-        del self.attempts[report.nodeid]
+            "worker": a["worker"], "flaky": flaky, "files": files}
+        self.attempts.pop(nodeid, None)
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session, exitstatus):
         """After junitxml has written its file (trylast)."""
+        # the tests an interrupt (or a lost worker) cut short: errors, not gone
+        for nodeid, a in list(self.attempts.items()):
+            a["outcome"] = "error"
+            a["message"] = a["message"] or "interrupted before the test ended"
+            self._record(nodeid, a, {}, False)
         if not self.records or "BPFPM_RUN_DIR" not in os.environ:
             return                  # no run directory: unit tests alone
         run = results.run_root()
         recs = sorted(self.records.values(), key=lambda r: r["nodeid"])
-        with open(run / "tests.jsonl", "w") as f:
-            for r in recs:
-                f.write(json.dumps(r) + "\n")
-        results.merge_worker_files(run)
-        (run / "results.ktap").write_text(ktap.render(recs))
-        kernel = results.kernel_info(run)
+        # each step on its own: one that fails must not cost the others
+        self._step("tests.jsonl", lambda: (run / "tests.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in recs)))
+        self._step("the workers' jsonl files", lambda: results.merge_worker_files(run))
+        self._step("results.ktap", lambda: (run / "results.ktap").write_text(ktap.render(recs)))
+        self._step("kcidb.json", lambda: results.write_json(run / "kcidb.json", kcidb.report(
+            recs, results.kernel_info(run), run.name, run_dir=run,
+            base_url=os.environ.get("BPFPM_RESULTS_URL"))))
+        xml = self.config.stash.get(junitxml.xml_key, None)
+        if xml is not None and Path(xml.logfile).exists():
+            self._step("junit.xml's reruns", lambda: finish_junit(Path(xml.logfile), recs))
+
+    def _step(self, what: str, fn) -> None:
         try:
-            data = kcidb.report(recs, kernel, run.name, run_dir=run,
-                                base_url=os.environ.get("BPFPM_RESULTS_URL"))
-            kcidb.validate(data)
-        except ValueError as e:
-            (run / "kcidb.error").write_text(f"{e}\n")
-            self.kcidb_error = e
-        else:
-            results.write_json(run / "kcidb.json", data)
-        xml = getattr(self.config.option, "xmlpath", None)
-        if xml and Path(xml).exists():
-            finish_junit(Path(xml), recs)
+            fn()
+        except Exception as e:      # noqa: BLE001 - said on the terminal, and in the run
+            self.problems.append(f"{what} not written: {type(e).__name__}: {e}")
+            with open(results.run_root() / "reports.error", "a") as f:
+                f.write(self.problems[-1] + "\n")
 
     def pytest_terminal_summary(self, terminalreporter):
         recs = list(self.records.values())
@@ -253,20 +292,18 @@ class Collector:
             verdict = "passed on rerun" if r["outcome"] == "passed" else r["outcome"]
             tr.write_line(f"RERUN {r['nodeid']}: {verdict} after {r['reruns']} failed "
                           f"attempt(s): {'; '.join(r['rerun_reasons'])[:300]}")
-        err = getattr(self, "kcidb_error", None)
-        if err:
-            tr.write_line(f"KCIDB report NOT written: it does not validate: {err}", red=True)
+        for problem in self.problems:
+            tr.write_line(f"REPORT PROBLEM: {problem}", red=True)
+        written = [f for f in ("junit.xml", "results.ktap", "kcidb.json", "index.html")
+                   if (run / f).exists()]
         tr.write_line(f"bpfpm: {len(recs)} tests, {len(rerun)} rerun "
                       f"({sum(r['outcome'] == 'passed' for r in rerun)} passed only on rerun); "
-                      f"reports in {run}: junit.xml results.ktap kcidb.json index.html")
+                      f"reports in {run}: {' '.join(written)}")
 
 
 def _junit_names(nodeid: str) -> tuple[str, str]:
-    """pytest's junitxml classname and name for a node id."""
-    parts = nodeid.split("::")
-    path = parts[0].replace("/", ".")
-    path = path[:-3] if path.endswith(".py") else path
-    names = [path, *parts[1:]]
+    """pytest's junitxml classname and name for a node id (its own mangling)."""
+    names = junitxml.mangle_test_address(nodeid)
     return ".".join(names[:-1]), names[-1]
 
 
@@ -298,8 +335,10 @@ def finish_junit(path: Path, recs: list[dict]) -> None:
                 props = ET.Element("properties")
                 case.insert(0, props)
             ET.SubElement(props, "property", name="bpfpm.reruns", value=str(r["reruns"]))
-            tag = "flakyFailure" if r["outcome"] == "passed" else "rerunFailure"
             for reason in r["rerun_reasons"]:
+                # Surefire: Failure for the test body, Error for set-up/teardown
+                kind = "Failure" if reason.startswith("call:") else "Error"
+                tag = ("flaky" if r["outcome"] == "passed" else "rerun") + kind
                 ET.SubElement(case, tag, message=reason[:1000], type="rerun").text = reason
         if last:
             suite.set("reruns", str(sum(rerun[k]["reruns"] for k in last)))
@@ -308,11 +347,14 @@ def finish_junit(path: Path, recs: list[dict]) -> None:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_html_report_title(report):
-    report.title = f"bpfpm {results.run_root().name}"
+    if "BPFPM_RUN_DIR" in os.environ:
+        report.title = f"bpfpm {results.run_root().name}"
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_html_results_summary(prefix, summary, postfix, session):
+    if "BPFPM_RUN_DIR" not in os.environ:
+        return
     k = results.kernel_info(results.run_root())
     if k:
         prefix.append(f"<p>kernel {k.get('release', '?')} ({k.get('source', '?')}), "

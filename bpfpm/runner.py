@@ -126,5 +126,6 @@ def report_args(run: Path) -> list[str]:
     """JUnit (a failing test's kernel log and console tail in its
     system-out) and pytest-html's page in the run directory; the KTAP and
     KCIDB files come from bpfpm.reporting."""
-    return [f"--junitxml={run / 'junit.xml'}", "-o", "junit_family=xunit2",
+    # xunit1: the schema that has testcase properties (the evidence, reruns)
+    return [f"--junitxml={run / 'junit.xml'}", "-o", "junit_family=xunit1",
             "-o", "junit_logging=system-out", f"--html={run / 'index.html'}"]

@@ -181,10 +181,12 @@ class Network:
         return self
 
     def destroy(self) -> None:
-        if self._capture is not None:
-            self.guest.call("capture.stop", handle=self._capture)
+        try:
+            if self._capture is not None:
+                self.guest.call("capture.stop", handle=self._capture)
+        finally:
             self._capture = None
-        self.guest.call("topo.destroy", spec=self.spec.to_dict())
+            self.guest.call("topo.destroy", spec=self.spec.to_dict())
 
     def state(self) -> str:
         """What a failing test's reader asks for first, from both sides: the

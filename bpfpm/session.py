@@ -122,6 +122,7 @@ class GuestSession:
             self.boot_failures += 1
             raise
         self.vm, self._checked = vm, 0
+        self.boot_failures = 0              # the breaker counts boots failed in a row
         with open(self.run_dir / "boots.jsonl", "a") as f:
             f.write(json.dumps({"name": vm.name, "seconds": round(vm.boot_seconds, 2)}) + "\n")
         log.step(f"guest{self.boots} up in {vm.boot_seconds:.1f}s "

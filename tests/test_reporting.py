@@ -123,7 +123,7 @@ def test_reruns_are_reported_apart_everywhere(inner):
     data = json.loads((run / "kcidb.json").read_text())
     kcidb.validate(data)
     test = next(t for t in data["tests"] if "known_flaky" in t["path"])
-    assert test["status"] == "PASS" and "1" in json.dumps(test["misc"])
+    assert test["status"] == "PASS" and test["misc"]["reruns"] == 1
 
 
 def test_a_failing_tests_kernel_log_is_in_junit_system_out(inner):
@@ -167,3 +167,61 @@ def test_xdist_workers_report_into_one_run_directory(inner):
     assert len(recs) == 6 and {r["worker"] for r in recs.values()} <= {"gw0", "gw1"}
     assert recs["test_known_flaky_passes_on_rerun"]["reruns"] == 1
     kcidb.validate(json.loads((run / "kcidb.json").read_text()))
+
+
+VERDICTS = '''
+import pytest
+from bpfpm.errors import GuestCrashed
+
+@pytest.fixture
+def crashing_pm():
+    raise GuestCrashed("guest1 crashed (Oops: general protection fault) while loading the PM")
+
+@pytest.mark.vm
+def test_crash_in_setup_is_the_kernels(crashing_pm):
+    pass
+
+@pytest.mark.known_flaky(reason="a race we know")
+def test_known_flaky_splat_is_not_rerun():
+    pytest.fail("kernel log of this test has 1 splat(s) (warning)", pytrace=False)
+
+def test_first():
+    pass
+
+def test_interrupted():
+    raise KeyboardInterrupt
+
+def test_never_started():
+    pass
+'''
+
+
+def test_kernel_faults_are_verdicts_and_an_interrupted_test_is_kept(pytester, monkeypatch,
+                                                                     tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "kernel.json").write_text(json.dumps(KERNEL | {"vcpus": 2}))
+    monkeypatch.setenv("BPFPM_RUN_DIR", str(run))
+    pytester.makeconftest('pytest_plugins = ["bpfpm.reporting"]\n'
+                          'def pytest_configure(config):\n'
+                          '    config.addinivalue_line("markers", "vm: a guest")\n')
+    pytester.makepyfile(test_verdicts=VERDICTS)
+    res = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert res.ret == pytest.ExitCode.INTERRUPTED
+    recs = {r["nodeid"].split("::")[-1]: r for r in
+            map(json.loads, (run / "tests.jsonl").read_text().splitlines())}
+    # a crash under a fixture is a verdict on the kernel, not an error of the rig
+    assert recs["test_crash_in_setup_is_the_kernels"].items() >= {
+        "outcome": "failed", "reruns": 0}.items()
+    assert recs["test_known_flaky_splat_is_not_rerun"].items() >= {
+        "outcome": "failed", "reruns": 0}.items()
+    assert recs["test_interrupted"]["outcome"] == "error"
+    assert "interrupted" in recs["test_interrupted"]["message"]
+    assert "test_never_started" not in recs
+    ktap = (run / "results.ktap").read_text()
+    assert ktap.splitlines()[1] == "1..4", "the interrupted test counts, the unstarted not"
+    data = json.loads((run / "kcidb.json").read_text())
+    status = {t["path"].rsplit(".", 1)[1]: t["status"] for t in data["tests"]}
+    assert status["test_crash_in_setup_is_the_kernels"] == "FAIL"
+    assert status["test_interrupted"] == "ERROR"
+    assert data["tests"][0]["environment"]["misc"] == {"vcpus": 2}

@@ -122,7 +122,7 @@ def test_a_kernel_that_does_not_boot_is_rerun_then_reported_with_its_console(ker
     assert "BootFailed" in r["rerun_reasons"][0] and "BootFailed" in r["message"]
     assert len(list(run.glob("guest*.console*.log"))) == 4, "two boots per attempt, all kept"
     case = next(c for c in ET.parse(run / "junit.xml").iter("testcase"))
-    assert case.find("error") is not None and case.find("rerunFailure") is not None
+    assert case.find("error") is not None and case.find("rerunError") is not None
     assert "console tail" in case.find("system-out").text
     assert "VFS" in case.find("system-out").text, "the console says why it did not boot"
     test = json.loads((run / "kcidb.json").read_text())["tests"][0]

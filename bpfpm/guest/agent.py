@@ -312,21 +312,21 @@ CAPTURES: dict[int, float] = {}     # capture handle -> deadline to be listening
 
 
 def after_captures(op):
-    """An op that makes traffic runs once every capture started is listening."""
+    """An op that makes traffic runs once every capture started is listening.
+    A capture that fails is dropped and said on stderr (the host keeps it
+    in <vm>.agent.stderr): the evidence is not what the test tests."""
     @functools.wraps(op)
     def wrapped(*args, **kw):
         for h, deadline in list(CAPTURES.items()):
-            e = PROCS.get(h)
-            while b"listening on" not in (e["dir"] / "stderr").read_bytes():
-                if e["p"].poll() is not None:
-                    CAPTURES.pop(h)
-                    raise RuntimeError(f"tcpdump exited (rc {e['p'].returncode}): "
-                                       f"{(e['dir'] / 'stderr').read_text()[-2000:]}")
-                if time.monotonic() > deadline:
-                    CAPTURES.pop(h)
-                    raise TimeoutError(f"tcpdump not listening in time: {' '.join(e['argv'])}")
+            e = PROCS.procs.get(h)
+            while e is not None and b"listening on" not in (e["dir"] / "stderr").read_bytes():
+                if e["p"].poll() is not None or time.monotonic() > deadline:
+                    print(f"bpfpm agent: capture dropped, tcpdump "
+                          f"{'exited' if e['p'].poll() is not None else 'not listening'}: "
+                          f"{(e['dir'] / 'stderr').read_text()[-500:]}", file=sys.stderr)
+                    break
                 time.sleep(0.005)
-            CAPTURES.pop(h)
+            CAPTURES.pop(h, None)
         return op(*args, **kw)
     return wrapped
 
@@ -593,9 +593,13 @@ def op_capture_start(ns: str, path: str, timeout: float = 30) -> int:
 
 
 def op_capture_stop(handle: int) -> int:
-    """End a capture (tcpdump writes what it holds on SIGTERM); the pcap's size."""
+    """End a capture (tcpdump writes what it holds on SIGTERM); the pcap's
+    size. A capture already ended (another network's topo.destroy ends every
+    process) is no error."""
     CAPTURES.pop(handle, None)
-    e = PROCS.get(handle)
+    e = PROCS.procs.get(handle)
+    if e is None:
+        return 0
     PROCS.kill(handle)
     out = e["argv"][-1]
     return os.path.getsize(out) if os.path.exists(out) else 0
