@@ -138,7 +138,7 @@ def vm(guest, request, run_dir):
         with open(run_dir / "calls.jsonl", "a") as f:
             f.write(json.dumps({"test": request.node.nodeid,
                                 "ops": vm.channel.take_op_times()}) + "\n")
-    slug = request.node.name.replace("/", "_")
+    slug = _slug(request.node)
     (run_dir / "dmesg").mkdir(exist_ok=True)
     (run_dir / "dmesg" / f"{slug}.log").write_text(check.text)
     reporting.attach(request.node, "dmesg", run_dir / "dmesg" / f"{slug}.log")
@@ -169,6 +169,11 @@ def vm(guest, request, run_dir):
         raise lost
 
 
+def _slug(item) -> str:
+    """The test's name for its evidence files (dmesg, state, pcap, transfers)."""
+    return item.name.replace("/", "_")
+
+
 PCAPS = pytest.StashKey[list]()     # the guest paths of a test's captures
 NETS = pytest.StashKey[list]()      # the test's networks, while they exist
 
@@ -183,7 +188,7 @@ def _dump_state(item) -> None:
         dump = "\n".join(net.state() for net in nets)
     except BpfpmError as e:
         dump = f"(the guest state could not be read: {e})"
-    path = item.funcargs["run_dir"] / "state" / f"{item.name.replace('/', '_')}.txt"
+    path = item.funcargs["run_dir"] / "state" / f"{_slug(item)}.txt"
     path.parent.mkdir(exist_ok=True)
     path.write_text(dump)
     reporting.attach(item, "state", path)
@@ -228,7 +233,7 @@ def network(vm, request, run_dir):
     are captured (kept by the vm fixture if the test fails); a failing
     test's guest state goes to <run>/state/<test>.txt."""
     made = []
-    slug = request.node.name.replace("/", "_")
+    slug = _slug(request.node)
     pcaps = request.node.stash[PCAPS] = []
     request.node.stash[NETS] = made
 

@@ -22,9 +22,9 @@ fails; every other VM test is rerun once, on a fresh guest, only when the
 infrastructure failed under it (the guest never booted, its channel
 dropped, QEMU froze or vanished). The kernel's own faults are never rerun:
 a crash, a splat, a leak, or a freeze whose console shows a lockup, a hung
-task or an RCU stall are verdicts. Reruns are counted apart everywhere: pytest's summary line,
-JUnit (`flakyFailure`/`rerunFailure`, Maven Surefire's elements, and a
-`bpfpm.reruns` property), KTAP and KCIDB.
+task or an RCU stall are verdicts. Reruns are counted apart everywhere:
+pytest's summary line, JUnit (Maven Surefire's `flaky*`/`rerun*` elements
+and a `bpfpm.reruns` property), KTAP and KCIDB.
 
 `--shard=i/n` keeps every n-th test of the selection (after -k/-m), from
 the i-th on: a deterministic slice for a CI matrix (`bpfpm report merge`
@@ -73,8 +73,8 @@ def attach(item: pytest.Item, kind: str, path: Path) -> None:
 
 def add_sections(item: pytest.Item, report: pytest.TestReport) -> None:
     """A failing test's kernel log and the console's tail, as sections of
-    the report that closes it: pytest prints them under the failure, and
-    JUnit puts them in the test's system-out."""
+    the report that closes it (its teardown's), which JUnit puts in the
+    test's system-out."""
     files = dict(item.user_properties)
     if not any(k.startswith(PREFIX) for k in files):
         return
@@ -401,8 +401,12 @@ def merge(runs: list[Path], out: Path) -> Path:
     test), tests.jsonl and results.ktap."""
     out.mkdir(parents=True, exist_ok=True)
     recs, reports = [], []
+    def rebase(run: Path, files: dict) -> dict:
+        return {k: os.path.relpath(run / v, out) for k, v in files.items()}
+
     for run in runs:
-        recs += [r | {"files": {k: os.path.relpath(run / v, out) for k, v in r["files"].items()}}
+        recs += [r | {"files": rebase(run, r["files"]),
+                      "rerun_files": [rebase(run, f) for f in r.get("rerun_files", [])]}
                  for r in load(run)]
         try:
             reports.append(json.loads((run / "kcidb.json").read_text()))

@@ -28,7 +28,11 @@ def test_plain_pass():
     pass
 
 @pytest.mark.known_flaky(reason="a race we know")
-def test_known_flaky_passes_on_rerun():
+def test_known_flaky_passes_on_rerun(request):
+    log = RUN / "dmesg" / "flaky.log"
+    log.parent.mkdir(exist_ok=True)
+    log.write_text("[ 1.0] the attempt's kernel log\\n")
+    reporting.attach(request.node, "dmesg", log)
     assert not once("flaky"), "lost the race"
 
 @pytest.mark.vm
@@ -155,6 +159,9 @@ def test_shards_are_disjoint_cover_the_suite_and_merge(inner, tmp_path):
     merged = [json.loads(ln) for ln in (out / "tests.jsonl").read_text().splitlines()]
     dmesg = next(r for r in merged if r["nodeid"].endswith("verdict") and r["files"])
     assert (out / dmesg["files"]["dmesg"]).exists(), "evidence paths follow the merge"
+    flaky = next(r for r in merged if r["nodeid"].endswith("passes_on_rerun"))
+    assert (out / flaky["rerun_files"][0]["dmesg"]).exists(), \
+        "an earlier attempt's evidence paths follow the merge too"
     with pytest.raises(ValueError, match="more than one"):
         reporting.merge([runs[0], runs[0]], tmp_path / "twice")
     res, *_ = inner("--shard=4/3", run="bad")
