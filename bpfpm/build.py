@@ -9,17 +9,19 @@ Layout under the cache dir (see paths.cache_dir):
                    it and renamed into place, so a kernel dir is complete or
                    absent. A run using one holds its .lock shared
                    (KernelBuild.hold) and `bpfpm cache prune` skips it.
-  trees/linux/     the one work tree: the chosen source rsynced in (mtimes
-                   kept), then the series applied
-  builds/{base,debug}/  O= build dir per config, rebuilt in place for speed;
-                   its stamp is removed before a rebuild starts and written
-                   (atomically) only after make succeeded
+  trees/linux/     the work tree of 6.12 (trees/linux-<kernel>/ of the other
+                   kernels, bpfpm.kernels): the chosen source rsynced in
+                   (mtimes kept), then the series applied
+  builds/{base,debug}[-variant]/  O= build dir per config of 6.12
+                   (builds/<config>-<kernel>/ of the others), rebuilt in
+                   place for speed; its stamp is removed before a rebuild
+                   starts and written (atomically) only after make succeeded
   ccache/          compiler cache (base_dir = cache dir)
   logs/            one log per build
   build.lock       one build at a time (make inherits it, so a make outliving
                    its bpfpm still holds it)
-Whatever the source (Debian's, a developer's tree, patched or not), it is
-synced into the same tree path, so make's own dependency tracking rebuilds
+Whatever the source of a kernel (Debian's, a developer's tree, patched or
+not), it is synced into that kernel's tree path, so make's own dependency tracking rebuilds
 only what differs and ccache (whose keys contain those paths) hits when a
 variant comes back. Asking for a key already in kernels/ returns at once,
 without a lock; a build re-checks kernels/<key> once it holds build.lock,
@@ -43,7 +45,7 @@ import threading
 import time
 from pathlib import Path
 
-from . import cache, kconfig, log, patches, source
+from . import cache, kconfig, kernels, log, patches, source
 from .errors import BpfpmError, DiskFull
 from .paths import cache_dir
 
@@ -358,7 +360,7 @@ def _build_in_place(src: source.KernelSource, series: list[Path], key: str, debu
         bdir.mkdir(parents=True, exist_ok=True)
         logf, logfile = _new_log(logs, key)
     t0 = time.monotonic()
-    log.step(f"kernel source: {src.description}")
+    log.step(f"kernel {kernels.current().name}: source {src.description}")
     log.step(f"building kernel {key} ({len(series)} patches, config {ckey}"
              f"{', debug' if debug else ''}) in {bdir}; log {logfile}")
     try:
@@ -401,7 +403,8 @@ def _build_in_place(src: source.KernelSource, series: list[Path], key: str, debu
             raise cache.no_space() from e
         raise
     elapsed = time.monotonic() - t0
-    info = {"key": key, "source": src.description, "source_ident": src.ident,
+    info = {"key": key, "kernel": kernels.current().name, "source": src.description,
+            "source_ident": src.ident,
             "patches": [p.name for p in series], "patched_files": applied,
             "series_key": skey, "config_key": ckey, "debug": debug,
             "toolchain": toolchain_id(), "steps": max(steps, prev.get("steps", 0)),
@@ -434,15 +437,15 @@ def build(debug: bool | None = None, patched: bool = True) -> KernelBuild:
     if os.environ.get("BPFPM_KERNEL_BUILD"):
         return prebuilt(Path(os.environ["BPFPM_KERNEL_BUILD"]))
     src, series, key, debug = _inputs(debug, patched)
-    c = cache_dir()
-    tree = c / "trees" / "linux"
+    kernel = kernels.current()
+    tree = kernel.tree_dir()
     kdir = cache.kernels_dir() / key
     kb = _published(kdir, tree)
     if kb:
         log.step(f"kernel {key} up to date: {kb.bzimage}")
         return kb
-    # one incremental tree per configuration: switching does not rebuild
-    bdir = c / "builds" / "-".join(["debug" if debug else "base", *kconfig.variants()])
+    # one incremental tree per kernel and configuration: switching does not rebuild
+    bdir = kernel.build_dir("-".join(["debug" if debug else "base", *kconfig.variants()]))
     with cache.disk_errors(f"building kernel {key}"), BuildLock() as lock:
         kb = _published(kdir, tree)         # another run may have built it meanwhile
         if kb:

@@ -1,4 +1,7 @@
-"""Kernel configuration: allnoconfig + kvm_guest.config + our fragments.
+"""Kernel configuration: allnoconfig + kvm_guest.config + our fragments:
+base.config, then the kernel's own <kernel>.config where it has one (what
+differs on that kernel: options renamed, moved or gone), debug.config,
+the BPFPM_CONFIG variants.
 
 olddefconfig silently drops options whose dependencies are not met, so
 after merging, every option a fragment asks for is checked against the
@@ -13,6 +16,7 @@ import re
 import subprocess
 from pathlib import Path
 
+from . import kernels
 from .errors import BpfpmError
 from .paths import KERNEL_DIR
 
@@ -29,16 +33,25 @@ def variants() -> list[str]:
     configurations the usual guest does not have."""
     names = [n.strip() for n in os.environ.get("BPFPM_CONFIG", "").split(",") if n.strip()]
     for n in names:
+        if n in kernels.KERNELS:
+            raise BpfpmError(f"BPFPM_CONFIG={n}: {CONFIGS / (n + '.config')} is kernel {n}'s "
+                             "own fragment, applied on that kernel by itself (BPFPM_KERNEL)")
         if not (CONFIGS / f"{n}.config").is_file():
             have = sorted(f.stem for f in CONFIGS.glob("*.config")
-                          if f.stem not in ("base", "debug"))
+                          if f.stem not in ("base", "debug", *kernels.KERNELS))
             raise BpfpmError(f"BPFPM_CONFIG={n}: no {CONFIGS / (n + '.config')}; "
                              f"the variants are: {', '.join(have)}")
     return names
 
 
 def fragments(debug: bool) -> list[Path]:
+    """In the order they are merged (a later one overrides an earlier one).
+    Their names and contents make the config key: a kernel's own fragment
+    puts its name in the key of that kernel's configurations."""
     frags = [CONFIGS / "base.config"]
+    own = kernels.current().config_fragment
+    if own.is_file():
+        frags.append(own)
     if debug:
         frags.append(CONFIGS / "debug.config")
     frags += [CONFIGS / f"{n}.config" for n in variants()]

@@ -1,7 +1,7 @@
 """`make mutation-test`: each fix of the series proven by a test that
 fails without it.
 
-Each kernel/mutations/<base>/*.patch undoes one fix of the series (most
+Each kernel/mutations/<kernel>/*.patch undoes one fix of the series (most
 bring back what the v1 series did) and names, in "Expect-Fail:" lines of
 its message, the tests that must catch it. First the named tests run on
 the series itself (the control: they must pass). Then, per mutation, the
@@ -22,16 +22,21 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from unittest import mock
 
-from . import log, patches, results, runner
+from . import kernels, log, results, runner
 from .errors import BpfpmError
 from .paths import KERNEL_DIR
 
 _EXPECT = re.compile(r"^Expect-Fail:\s*(\S+)\s*$", re.M)
 
 
-def mutations(base: str = patches.BASE) -> dict[Path, list[str]]:
+def mutations_dir() -> Path:
+    """The mutations of the chosen kernel's series."""
+    return KERNEL_DIR / "mutations" / kernels.current().name
+
+
+def mutations(d: Path | None = None) -> dict[Path, list[str]]:
     out = {}
-    for p in sorted((KERNEL_DIR / "mutations" / base).glob("*.patch")):
+    for p in sorted((d or mutations_dir()).glob("*.patch")):
         tests = _EXPECT.findall(p.read_text(errors="replace").split("\n---\n", 1)[0])
         if not tests:
             raise BpfpmError(f"{p}: no 'Expect-Fail: <test id>' line names what catches it")
@@ -75,11 +80,13 @@ def _failed(results_root: Path, tests: list[str]) -> dict[str, str]:
 
 def main(a) -> int:
     muts = mutations()
+    if not muts:        # no tests to run: pytest would run the whole suite
+        raise BpfpmError(f"kernel {kernels.current().name} has no mutations: "
+                         f"{mutations_dir()}/*.patch")
     if a.names:
         muts = {p: t for p, t in muts.items() if p.stem in a.names}
         if not muts:
-            raise BpfpmError(f"no mutation named {' '.join(a.names)}; see "
-                             f"{KERNEL_DIR / 'mutations' / patches.BASE}")
+            raise BpfpmError(f"no mutation named {' '.join(a.names)}; see {mutations_dir()}")
     run = results.new_run("mutations")
     log.step(f"{len(muts)} mutations; results in {run}")
     control = sorted({t for ts in muts.values() for t in ts})

@@ -1,4 +1,5 @@
-"""The kernel patch series: kernel/patches/<base>/series + *.patch."""
+"""The kernel patch series: kernel/patches/<kernel>/series + *.patch, for
+the kernel BPFPM_KERNEL chooses (bpfpm.kernels)."""
 
 from __future__ import annotations
 
@@ -8,23 +9,27 @@ import re
 import subprocess
 from pathlib import Path
 
-from . import cache, log
+from . import cache, kernels, log
 from .errors import BpfpmError
-from .paths import KERNEL_DIR
-
-BASE = "6.12"
+from .kernels import Kernel
 
 
-def series_dir(base: str = BASE) -> Path:
-    return KERNEL_DIR / "patches" / base
+def series_dir(kernel: Kernel | None = None) -> Path:
+    return (kernel or kernels.current()).series_dir
 
 
-def series(base: str = BASE) -> list[Path]:
+def series(kernel: Kernel | None = None) -> list[Path]:
     """Patches in order; empty when disabled with BPFPM_PATCHES=none. The
     files in BPFPM_EXTRA_PATCHES (':'-separated) go on top (mutations)."""
     if os.environ.get("BPFPM_PATCHES", "") == "none":
         return []
-    d = series_dir(base)
+    kernel = kernel or kernels.current()
+    d = series_dir(kernel)
+    if not (d / "series").is_file():
+        have = [k for k in kernels.KERNELS if (series_dir(kernels.get(k)) / "series").is_file()]
+        raise BpfpmError(f"kernel {kernel.name} has no patch series: {d / 'series'} does not "
+                         f"exist (kernels with a series: {', '.join(have) or 'none'}); "
+                         "BPFPM_PATCHES=none builds the kernel without one")
     out = []
     for line in (d / "series").read_text().splitlines():
         line = line.split("#", 1)[0].strip()

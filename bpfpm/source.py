@@ -1,9 +1,10 @@
-"""Kernel source: Debian's linux-source-6.12, or a developer's own tree.
+"""Kernel source: the chosen kernel's Debian package (linux-source-6.12,
+linux-source-7.2: bpfpm.kernels), or a developer's own tree.
 
-The Debian source comes from the trixie suites through a private apt state
-directory, so the host's apt configuration is read but never changed. The
-mirror is derived from the host's own sources; no registry host is written
-here.
+The Debian source comes from the kernel's suites through a private apt
+state directory, so the host's apt configuration is read but never
+changed. The mirror is derived from the host's own sources; no registry
+host is written here.
 """
 
 from __future__ import annotations
@@ -18,15 +19,10 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from . import cache, log
+from . import cache, kernels, log
 from .errors import BpfpmError
+from .kernels import Kernel
 from .paths import cache_dir
-
-PACKAGE = "linux-source-6.12"
-# Pinned for reproducibility; the newest available is used (with a warning)
-# once the suites have moved on past it.
-PINNED_VERSION = os.environ.get("BPFPM_SOURCE_VERSION", "6.12.117-1")
-TARGET_SUITE = "trixie"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,11 +101,13 @@ def host_apt_sources(etc: Path = Path("/etc/apt")) -> list[AptSource]:
     return sources
 
 
-def trixie_sources_list(sources: list[AptSource], suite: str = TARGET_SUITE) -> str:
-    """A deb822 sources file for `suite` built from the host's mirrors.
+def sources_list(sources: list[AptSource], kernel: Kernel) -> str:
+    """A deb822 sources file for the kernel's suites built from the host's
+    mirrors (whatever release the host runs).
 
     The archive mirror is the one serving the host's plain suite; the
-    security mirror the one serving `<codename>-security`.
+    security mirror, for the kernel's security suites, the one serving
+    `<codename>-security`.
     """
     archive = security = None
     for s in sources:
@@ -122,9 +120,9 @@ def trixie_sources_list(sources: list[AptSource], suite: str = TARGET_SUITE) -> 
         raise BpfpmError(
             "no Debian archive mirror found in /etc/apt/sources.list{,.d}; "
             "add the host's Debian mirror there or use KERNEL_SRC=/path/to/linux")
-    stanzas = [(archive, f"{suite} {suite}-updates")]
-    if security is not None:
-        stanzas.append((security, f"{suite}-security"))
+    stanzas = [(archive, " ".join(kernel.suites))]
+    if security is not None and kernel.security_suites:
+        stanzas.append((security, " ".join(kernel.security_suites)))
     text = []
     for s, suites in stanzas:
         lines = ["Types: deb", f"URIs: {s.uri}", f"Suites: {suites}", "Components: main"]
@@ -135,13 +133,15 @@ def trixie_sources_list(sources: list[AptSource], suite: str = TARGET_SUITE) -> 
 
 
 class PrivateApt:
-    """apt-get with its own lists/cache dirs and a generated sources file."""
+    """apt-get with its own lists/cache dirs and a generated sources file:
+    one per kernel, the lists and the .deb cache shared by all."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, kernel: Kernel | None = None):
         self.root = root
+        self.kernel = kernel or kernels.current()
         (root / "lists" / "partial").mkdir(parents=True, exist_ok=True)
         (root / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
-        self.sources = root / "trixie.sources"
+        self.sources = root / f"{self.kernel.package}.sources"
 
     def _opts(self) -> list[str]:
         r = self.root
@@ -153,14 +153,15 @@ class PrivateApt:
                 "-o", "Debug::NoLocking=1"]
 
     def update(self) -> None:
-        cache.atomic_write(self.sources, trixie_sources_list(host_apt_sources()))
-        log.step("apt: updating private trixie package lists")
+        cache.atomic_write(self.sources, sources_list(host_apt_sources(), self.kernel))
+        suites = " ".join(self.kernel.suites + self.kernel.security_suites)
+        log.step(f"apt: updating private package lists ({suites})")
         r = subprocess.run(["apt-get", *self._opts(), "-q", "update"],
                            capture_output=True, text=True)
         if r.returncode != 0:
             if cache.says_no_space(r.stderr):
                 raise cache.no_space()
-            raise BpfpmError(f"apt-get update for {TARGET_SUITE} failed:\n{r.stderr.strip()}\n"
+            raise BpfpmError(f"apt-get update for {suites} failed:\n{r.stderr.strip()}\n"
                              f"sources used: {self.sources}")
 
     def versions(self, package: str) -> list[str]:
@@ -221,62 +222,68 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _ready(root: Path, version: str | None = None) -> Path | None:
-    """The unpacked source tree of `version` (default: the newest there)."""
-    trees = [m.parent for m in root.glob(f"{PACKAGE}_*/READY")]
+def _ready(root: Path, package: str, version: str | None = None) -> Path | None:
+    """The unpacked source tree of `package` `version` (default: the newest there)."""
+    trees = [m.parent for m in root.glob(f"{package}_*/READY")]
     if version is not None:
-        trees = [t for t in trees if t.name == f"{PACKAGE}_{version}"]
+        trees = [t for t in trees if t.name == f"{package}_{version}"]
     return max(trees, key=lambda t: _version_key(t.name.split("_", 1)[1]), default=None)
 
 
-def debian_source() -> KernelSource:
+def debian_source(kernel: Kernel | None = None) -> KernelSource:
+    """The kernel's Debian source (default: the chosen kernel's), unpacked
+    in source/<package>_<version>/."""
+    kernel = kernel or kernels.current()
     root = cache_dir() / "source"
+    pinned = kernel.pinned_version()
     # Reuse an unpacked tree of the pinned version without touching the network.
-    found = _ready(root, PINNED_VERSION)
+    found = _ready(root, kernel.package, pinned)
     if found:
         return _unpacked(found)
     with cache.disk_errors(f"creating {root}"):
         root.mkdir(parents=True, exist_ok=True)
     with cache.flock(root / ".lock", "waiting for another run fetching the kernel source"):
-        found = _ready(root, PINNED_VERSION)    # fetched meanwhile by another run?
+        found = _ready(root, kernel.package, pinned)    # fetched meanwhile by another run?
         if found:
             return _unpacked(found)
-        with cache.disk_errors(f"fetching {PACKAGE} into {root}",
+        with cache.disk_errors(f"fetching {kernel.package} into {root}",
                                "or use KERNEL_SRC=/path/to/linux"):
-            return _fetch(root)
+            return _fetch(root, kernel)
 
 
-def _fetch(root: Path) -> KernelSource:
+def _fetch(root: Path, kernel: Kernel) -> KernelSource:
     """Download and unpack the source (caller holds source/.lock)."""
-    apt = PrivateApt(root / "apt")
+    package = kernel.package
+    apt = PrivateApt(root / "apt", kernel)
     try:
         apt.update()
-        versions = apt.versions(PACKAGE)
+        versions = apt.versions(package)
     except BpfpmError:
-        newest = _ready(root)
+        newest = _ready(root, package)
         if newest:
-            log.warn("apt unreachable; using the newest unpacked source in the cache")
+            log.warn(f"apt unreachable; using the newest unpacked {package} in the cache")
             return _unpacked(newest)
         raise
     if not versions:
-        raise BpfpmError(f"{PACKAGE} not offered by the {TARGET_SUITE} suites; "
+        raise BpfpmError(f"{package} not offered by the suites "
+                         f"{' '.join(kernel.suites + kernel.security_suites)}; "
                          "use KERNEL_SRC=/path/to/linux")
-    version = PINNED_VERSION
+    version = kernel.pinned_version()
     if version not in versions:
         newest = max(versions, key=_version_key)
-        log.warn(f"pinned {PACKAGE} {version} is gone from the mirror; using {newest}")
+        log.warn(f"pinned {package} {version} is gone from the mirror; using {newest}")
         version = newest
-    tree_root = root / f"{PACKAGE}_{version}"
+    tree_root = root / f"{package}_{version}"
     if (tree_root / "READY").exists():
         return _unpacked(tree_root)
-    log.step(f"fetching {PACKAGE} {version}")
-    deb = apt.download(PACKAGE, version, root / "debs")
-    for old in root.glob(f".{PACKAGE}_*.partial-*"):   # left by a killed run
+    log.step(f"fetching {package} {version}")
+    deb = apt.download(package, version, root / "debs")
+    for old in root.glob(f".{package}_*.partial-*"):   # left by a killed run
         shutil.rmtree(old, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{tree_root.name}.partial-", dir=root))
     try:
         digest = _unpack(deb, staging)
-        (staging / "VERSION").write_text(f"{PACKAGE} {version}\nsha256 {digest}\n")
+        (staging / "VERSION").write_text(f"{package} {version}\nsha256 {digest}\n")
         (staging / "READY").write_text("")
         os.chmod(staging, 0o755)
         if tree_root.exists():      # an unfinished tree (no READY) from older code
@@ -308,11 +315,11 @@ def _unpack(deb: Path, staging: Path) -> str:
 
 def _unpacked(tree_root: Path) -> KernelSource:
     info = (tree_root / "VERSION").read_text().split("\n")
-    version = info[0].split()[1]
+    package, version = info[0].split()[:2]
     digest = info[1].split()[1]
     return KernelSource(path=tree_root / "linux",
-                        ident=f"debian-{PACKAGE}-{version}-{digest[:12]}",
-                        description=f"Debian {PACKAGE} {version} (tarball sha256 {digest})",
+                        ident=f"debian-{package}-{version}-{digest[:12]}",
+                        description=f"Debian {package} {version} (tarball sha256 {digest})",
                         writable=False)
 
 
