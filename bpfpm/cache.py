@@ -247,6 +247,8 @@ def _describe(k: Path) -> str:
         "%Y-%m-%d %H:%M", time.localtime((k / STAMP).stat().st_mtime))
     used = time.strftime("%Y-%m-%d %H:%M", time.localtime(_last_used(k)))
     origin = str(info.get("source", "?")).split(" (")[0]
+    if info.get("kernel"):          # stamps of 6.12 kernels built before the choice lack it
+        origin = f"kernel {info['kernel']}: {origin}"
     cfg = ("debug " if info.get("debug") else "") + f"config {info.get('config_key', '?')}"
     held = "IN USE" if is_held(k) else "not in use"
     return (f"{origin}, {len(info.get('patches', []))} patches, {cfg}\n"
@@ -255,8 +257,8 @@ def _describe(k: Path) -> str:
 
 # parts of the cache, in the order shown, with what they are
 PARTS = [("kernels", "finished kernels, one dir per key (immutable)"),
-         ("builds", "incremental build dirs (make O=)"),
-         ("trees", "the work tree the source is synced into"),
+         ("builds", "incremental build dirs (make O=), per kernel and config"),
+         ("trees", "work trees the sources are synced into, one per kernel"),
          ("ccache", "compiler cache"),
          ("source/apt", "private apt lists and cache"),
          ("source", "Debian kernel source: .debs and unpacked trees"),

@@ -1,8 +1,9 @@
 """`make kselftest`: upstream MPTCP and BPF selftests, unpatched vs patched kernel.
 
-Both kernels come from the same source; the selftests are built from that
-source (kselftest `install`) against the build's exported headers and run
-in the guest, each script under `timeout`. "test_progs" is the subset of
+Both kernels come from the same source (that of the kernel BPFPM_KERNEL
+chooses; the patched one with its series); the selftests are built from
+that source (kselftest `install`) against the build's exported headers, in
+a cache dir per kernel, and run in the guest, each script under `timeout`. "test_progs" is the subset of
 selftests/bpf in BPF_TESTS, built per kernel against its vmlinux (from the
 pristine source plus, for the patched kernel, the series' tools/ hunks).
 A script may carry arguments
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import log, results
+from . import kernels, log, results
 from .errors import BpfpmError
 from .paths import cache_dir
 
@@ -57,9 +58,10 @@ _SUBTEST = re.compile(r"^(not ok|ok) \d+ - (.*?)(?: # (SKIP|TODO|time=)\S*.*)?$"
 
 def install(kb: KernelBuild, label: str) -> Path:
     from .build import make_env
-    out = cache_dir() / "kselftest" / label
-    hdr = out.parent / f"{label}-headers"    # kernels/<key>/ is never written to
-    logf = out.parent / f"{label}.log"
+    name = kernels.current().cache_name(label)      # patched, patched-7.2...
+    out = cache_dir() / "kselftest" / name
+    hdr = out.parent / f"{name}-headers"     # kernels/<key>/ is never written to
+    logf = out.parent / f"{name}.log"
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(logf, "w") as f:
         steps = [
@@ -334,6 +336,8 @@ def main(a) -> int:
 
 def _main(a, run) -> int:
     scripts = a.scripts or DEFAULT
+    log.step(f"kernel {kernels.current().name}: {len(scripts)} selftest scripts, "
+             "unpatched and patched")
     if a.parallel:
         # both kernels built first (one build at a time), then two one-vCPU
         # guests side by side: each script's wall time roughly halves, and
@@ -351,7 +355,8 @@ def _main(a, run) -> int:
     for s in scripts:
         print(f"{s:{w}} {_cell(plain[s]):>14} {_cell(patched[s]):>14}")
     regressions = compare(plain, patched)
-    results.write_json(run / "kselftest.json", {"unpatched": plain, "patched": patched,
+    results.write_json(run / "kselftest.json", {"kernel": kernels.current().name,
+                                                "unpatched": plain, "patched": patched,
                                                 "regressions": regressions})
     if regressions:
         log.error("patched kernel fails what the unpatched one passes:\n  "

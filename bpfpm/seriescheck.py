@@ -1,8 +1,9 @@
 """`make series-check`: each patch of the series on its own, as a maintainer
 checks a submission before applying it.
 
-The patches are applied one by one to a pristine copy of the source (its own
-work tree in the cache, never the build tree). After each one:
+The patches of the chosen kernel (BPFPM_KERNEL) are applied one by one to a
+pristine copy of its source (its own work tree in the cache, one per
+kernel, never the build tree). After each one:
 checkpatch --strict on that patch, then a W=1 build of the objects the
 series touches (every directory holding a touched .c file, plus net/ipv4/
 and net/mptcp/ for the headers) with the guest config, and of net/mptcp/
@@ -24,7 +25,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import build, kconfig, log, patches, results, source
+from . import build, kconfig, kernels, log, patches, results, source
 from .errors import BpfpmError, DiskFull
 from .paths import cache_dir
 
@@ -117,14 +118,16 @@ def main(a) -> int:
         raise BpfpmError("BPFPM_PATCHES=none: there is no series to check")
     run = results.new_run("series-check")
     src = source.resolve()
-    work = cache_dir() / "series-check"
+    kernel = kernels.current()
+    work = cache_dir() / kernel.cache_name("series-check")
     tree = work / "tree"
     touched = {f for p in series for f in patches.touched_files(p)}
     targets = _targets(series)
     rows, failed = [], 0
     t0 = time.monotonic()
     with build.BuildLock():
-        log.step(f"series check: {len(series)} patches on {src.description}; "
+        log.step(f"series check of kernel {kernel.name}: {len(series)} patches on "
+                 f"{src.description}; "
                  f"W=1 objects in {' '.join(targets)}; logs in {run}")
         build.stamp_changes(tree, build.sync_tree(src, tree))
         before: dict[str, set[str]] = {}

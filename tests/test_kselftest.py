@@ -87,3 +87,25 @@ def test_only_the_tools_part_of_a_patch_is_kept(tmp_path):
                  "+b\n-- \n2.39.5\n")
     assert _tools_hunks(p).startswith("diff --git a/tools/include/uapi/linux/bpf.h")
     assert "filter.c" not in _tools_hunks(p)
+
+
+def test_each_kernel_installs_its_selftests_in_a_dir_of_its_own(tmp_path, monkeypatch):
+    import subprocess
+    from types import SimpleNamespace
+
+    from bpfpm import kselftest
+
+    monkeypatch.setenv("BPFPM_CACHE", str(tmp_path))
+    argvs = []
+    monkeypatch.setattr(kselftest.subprocess, "run",
+                        lambda argv, **kw: argvs.append(argv) or
+                        subprocess.CompletedProcess(argv, 0))
+    kb = SimpleNamespace(src_dir=tmp_path / "tree")
+    for name, dirname in (("6.12", "patched"), ("7.2", "patched-7.2")):
+        monkeypatch.setenv("BPFPM_KERNEL", name)
+        argvs.clear()
+        assert kselftest.install(kb, "patched") == tmp_path / "kselftest" / dirname
+        headers, install = argvs
+        assert f"O={tmp_path / 'kselftest' / dirname}-headers" in headers
+        assert f"INSTALL_PATH={tmp_path / 'kselftest' / dirname}" in install
+        assert (tmp_path / "kselftest" / f"{dirname}.log").exists()
