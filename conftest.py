@@ -27,7 +27,7 @@ import signal
 
 import pytest
 
-from bpfpm import events, host, kcidb, patches, pms, pmsetup, reporting, results
+from bpfpm import events, host, kcidb, kernels, patches, pms, pmsetup, reporting, results
 from bpfpm import session as bpfpm_session
 from bpfpm.errors import BpfpmError, GuestError
 from bpfpm.scenario import Network
@@ -53,6 +53,19 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "topo(**kw): TopoSpec.simple() arguments for `topo`")
     # SIGTERM unwinds like Ctrl-C: fixtures tear down, guests power off
     signal.signal(signal.SIGTERM, _terminated)
+
+
+def pytest_report_header(config):
+    """The kernel the VM scenarios are for, in the run's header."""
+    try:
+        k = kernels.current()
+    except BpfpmError as e:
+        return f"bpfpm: {e}"
+    src = os.environ.get("KERNEL_SRC")
+    origin = f"KERNEL_SRC={src}" if src else f"Debian {k.package}, pinned {k.pinned_version()}"
+    series = "no series" if os.environ.get("BPFPM_PATCHES") == "none" else \
+        f"series kernel/patches/{k.name}"
+    return f"bpfpm: kernel {k.name} ({origin}; {series}); make KERNEL=<name> chooses"
 
 
 def pytest_collection_finish(session):
@@ -97,6 +110,7 @@ def guest(kernel, run_dir, pm_objects, request):
     gs = GuestSession(kernel, run_dir)
     built = kernel.info.get("patches", [])      # what the build applied, by name
     results.write_json(run_dir / "kernel.json", kernel.info | {
+        "kernel": kernel.info.get("kernel") or kernels.current().name,
         "release": kernel.release, "vcpus": host.guest_cpus(),
         "patchset_hash": kcidb.patchset_hash([p for p in patches.series() if p.name in built])})
     yield gs

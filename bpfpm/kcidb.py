@@ -98,7 +98,7 @@ def build_id(kernel: dict, origin: str = "bpfpm") -> str:
 def _checkout(kernel: dict, origin: str) -> dict:
     patches = kernel.get("patches") or []
     co = {"id": checkout_id(kernel, origin), "origin": origin, "valid": True,
-          "misc": _drop_none({"source": kernel.get("source"),
+          "misc": _drop_none({"kernel": kernel.get("kernel"), "source": kernel.get("source"),
                               "source_ident": kernel.get("source_ident"),
                               "series_key": kernel.get("series_key"),
                               "patches": patches})}

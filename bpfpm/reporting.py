@@ -357,7 +357,8 @@ def pytest_html_results_summary(prefix, summary, postfix, session):
         return
     k = results.kernel_info(results.run_root())
     if k:
-        prefix.append(f"<p>kernel {k.get('release', '?')} ({k.get('source', '?')}), "
+        prefix.append(f"<p>kernel {k.get('kernel', '?')}: {k.get('release', '?')} "
+                      f"({k.get('source', '?')}), "
                       f"{len(k.get('patches', []))} patches (series {k.get('series_key', '?')}), "
                       f"config {k.get('config_key', '?')}, {k.get('toolchain', '?')}</p>")
     prefix.append('<p>machine-readable: <a href="junit.xml">junit.xml</a> '

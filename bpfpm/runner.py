@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import host, log, session
+from . import host, kernels, log, session
 
 GRACE = 10.0
 PR_SET_PDEATHSIG = 1
@@ -113,6 +113,7 @@ def run_pytest(args: list[str], jobs: str | None = None) -> int:
     with session.run_dir("test") as run:
         log.step(f"results: {run}")
         if needs_vm(args):
+            log.step(f"kernel {kernels.current().name} (BPFPM_KERNEL; make KERNEL=)")
             session.build_all()
             n = host.test_jobs() if jobs == "auto" else int(jobs or 1)
             if n > 1:

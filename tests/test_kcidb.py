@@ -210,3 +210,10 @@ def test_validate_refuses_broken_data():
     del no_build["tests"][0]["build_id"]
     with pytest.raises(ValueError, match="build_id"):
         kcidb.validate(no_build)
+
+
+def test_the_checkout_names_the_kernel():
+    data = report(kernel=KERNEL | {"kernel": "7.2"})
+    assert data["checkouts"][0]["misc"]["kernel"] == "7.2"
+    kcidb.validate(data)
+    assert "kernel" not in report()["checkouts"][0]["misc"]     # a kernel.json without it
