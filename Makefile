@@ -1,28 +1,37 @@
 # bpfpm front door: every target is a thin call into the `bpfpm` CLI.
-# `make help` lists them. Variables: KERNEL_SRC=/path (your own tree),
-# DEBUG=1 (debug kernel), T=<pytest selector> (tests to run), ARGS=...,
-# JOBS=N (N guests at once, pytest-xdist), SHARD=i/n (the i-th of n slices)
+# `make help` lists them. Variables: KERNEL=6.12|7.2 (the kernel; default
+# 6.12), KERNEL_SRC=/path (your own tree), DEBUG=1 (debug kernel),
+# T=<pytest selector> (tests to run), ARGS=..., JOBS=N (N guests at once,
+# pytest-xdist), SHARD=i/n (the i-th of n slices)
 
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 BPFPM   := $(VENV)/bin/bpfpm
 STAMP   := $(VENV)/.bpfpm-setup
 export PATH := $(abspath $(VENV))/bin:$(PATH)
+# KERNEL=name: BPFPM_KERNEL for every target (`bpfpm kernel list`)
+ifdef KERNEL
+export BPFPM_KERNEL := $(KERNEL)
+endif
+RESULTS := $(or $(BPFPM_RESULTS),results)
 # JOBS=N guests at once (default 1: one guest of 2 vCPUs; auto: one per core, 3 GiB
 # each, the cores shared among them); SHARD=i/n a deterministic slice for a CI matrix
 SHARDING := $(if $(SHARD),--shard=$(SHARD))
 
-.PHONY: help setup kernel pms shell demo test test-fast vmtest bench bench-framework \
+.PHONY: help setup kernel pms shell demo test test-kernels test-fast vmtest bench bench-framework \
         report debug-test config-test series-check mutation-test fuzz soak kselftest bisect bisect-demo cache test-faults clean-results
 
 help:
+	@echo "any target KERNEL=7.2 the kernel to build and test: 6.12 (default) or 7.2"
+	@echo "                      (bpfpm kernel list); its own Debian source, series, cache"
 	@echo "make setup            install Debian packages + Python venv (idempotent)"
-	@echo "make kernel           build the patched 6.12 guest kernel (cached)"
+	@echo "make kernel           build the patched guest kernel (cached)"
 	@echo "make pms              build the BPF path managers against that kernel"
 	@echo "make shell            boot the guest and open an interactive shell"
 	@echo "make demo             build, boot, run a two-link MPTCP transfer, print subflows"
 	@echo "make test             unit tests + VM scenarios (JUnit in results/latest/)"
 	@echo "  JOBS=N|auto SHARD=i/n N guests at once (default 1); the i-th of n slices"
+	@echo "make test-kernels     make test on every supported kernel in turn (results/<kernel>/)"
 	@echo "make report [ARGS=--open]  the latest run: failures with their evidence, index.html"
 	@echo "make test-fast        unit tests only (no VM)"
 	@echo "make test-faults      the long fault injections: Ctrl-C during a build, two runs at once"
@@ -65,6 +74,17 @@ demo: setup
 
 test: setup
 	$(BPFPM) test --jobs=$(or $(JOBS),1) $(SHARDING) $(ARGS)
+
+# every kernel in turn, each in its own results/<kernel>/ (results/<kernel>/latest);
+# fails if any kernel's run failed, after running them all
+test-kernels: setup
+	@failed=""; for k in $$($(BPFPM) kernel list --names); do \
+		echo "== kernel $$k: results in $(RESULTS)/$$k/"; \
+		BPFPM_KERNEL=$$k BPFPM_RESULTS=$(RESULTS)/$$k \
+			$(BPFPM) test --jobs=$(or $(JOBS),1) $(SHARDING) $(ARGS) || failed="$$failed $$k"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "test-kernels: failed on:$$failed"; exit 1; fi; \
+	echo "test-kernels: passed on every kernel"
 
 test-faults: setup
 	$(BPFPM) test faulttests $(ARGS)

@@ -15,14 +15,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import log
+from . import kernels, log
 from .errors import BpfpmError
 from .kselftest import DEFAULT as KSELFTEST_DEFAULT
 
-EPILOG = """\
+_KERNELS = ", ".join(f"{k} (default)" if k == kernels.DEFAULT else k for k in kernels.KERNELS)
+EPILOG = f"""\
 environment:
+  BPFPM_KERNEL=name  the kernel: {_KERNELS} (`bpfpm kernel list`);
+                     its Debian source, kernel/patches/<name>/series, cache of its own
   KERNEL_SRC=/path   build your own kernel tree (left untouched; built out of tree)
-  BPFPM_PATCHES=none do not apply kernel/patches/6.12/series
+                     with BPFPM_KERNEL's series and config
+  BPFPM_PATCHES=none do not apply kernel/patches/<kernel>/series
   DEBUG=1            debug kernel (KASAN, lockdep, kmemleak, ...)
   BPFPM_CONFIG=name  also apply kernel/configs/<name>.config (e.g. no-cgroup-bpf)
   BPFPM_ACCEL=kvm|tcg  force the QEMU accelerator (default: detected)
@@ -35,12 +39,26 @@ environment:
 
 def cmd_kernel(a) -> int:
     from . import build
+    if a.action == "list":
+        for k in kernels.KERNELS.values():
+            if a.names:
+                print(k.name)
+                continue
+            mark = "*" if k.name == kernels.DEFAULT else " "
+            series = "series" if (k.series_dir / "series").is_file() else "NO SERIES"
+            print(f"{mark} {k.name:6} {k.package} {k.pinned:12} {series:9} "
+                  f"suites: {' '.join(k.suites + k.security_suites)}")
+        if not a.names:
+            print("(* the default; BPFPM_KERNEL=<name> or make ... KERNEL=<name> chooses)")
+        return 0
     if a.action == "build":
         kb = build.build(debug=a.debug or None)
         print(kb.bzimage)
         return 0
     if a.action == "info":
         kb = build.build(debug=a.debug or None)
+        if "kernel" not in kb.info:     # a 6.12 kernel built before the choice existed
+            print(f"kernel: {kernels.current().name}")
         for k, v in kb.info.items():
             print(f"{k}: {v}")
         print(f"bzImage: {kb.bzimage}\nvmlinux: {kb.vmlinux}\nbuild_dir: {kb.build_dir}")
@@ -206,9 +224,11 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    k = sub.add_parser("kernel", help="build the guest kernel or show what is cached")
-    k.add_argument("action", choices=("build", "info"))
+    k = sub.add_parser("kernel", help="build the guest kernel, show what is cached, list "
+                       "the kernels BPFPM_KERNEL can choose")
+    k.add_argument("action", choices=("build", "info", "list"))
     k.add_argument("--debug", action="store_true", help="debug config (same as DEBUG=1)")
+    k.add_argument("--names", action="store_true", help="list: the names only, one a line")
     k.set_defaults(fn=cmd_kernel)
 
     pm = sub.add_parser("pms", help="compile the BPF path managers (bpf-pms/) for the kernel")
@@ -302,7 +322,7 @@ def parser() -> argparse.ArgumentParser:
     bi.add_argument("--good", required=True, help="a commit where the selection passes")
     bi.add_argument("--bad", required=True, help="a commit where it fails")
     bi.add_argument("--apply-series", action="store_true",
-                    help="apply kernel/patches/<version>/series on each step's checkout "
+                    help="apply kernel/patches/<kernel>/series on each step's checkout "
                     "(an upstream tree without the series)")
     bi.add_argument("--runs", type=int, default=1, metavar="N",
                     help="run the selection N times a step; good only if all pass (racy bugs)")

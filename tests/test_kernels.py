@@ -3,7 +3,7 @@ kernel's source, series, config, tree and build dirs are."""
 
 import pytest
 
-from bpfpm import build, kconfig, kernels, patches, source
+from bpfpm import build, cli, kconfig, kernels, patches, source
 from bpfpm.errors import BpfpmError
 from bpfpm.paths import KERNEL_DIR
 
@@ -121,3 +121,9 @@ def test_build_uses_the_kernels_tree_and_build_dir(env, monkeypatch, name, debug
     with pytest.raises(_Built):
         build.build(debug=debug)
     assert used == {"tree": env / tree, "bdir": env / bdir}
+
+
+def test_kernel_list_names_every_kernel_for_make(capsys):
+    a = cli.parser().parse_args(["kernel", "list", "--names"])
+    assert a.fn(a) == 0
+    assert capsys.readouterr().out.split() == list(kernels.KERNELS)
