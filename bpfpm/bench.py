@@ -5,8 +5,8 @@ Contenders, all on the client of a 2 x 2 IPv4 mesh (two links, two
 addresses a side); the server is the in-kernel PM announcing its second
 address (a signal endpoint) for every one of them:
   kernel     in-kernel PM, subflow+fullmesh endpoints
-  bpf        fullmesh.bpf.c (net.mptcp.pm_type=2)
-  userspace  bpfpm.guest.uspm over generic netlink (net.mptcp.pm_type=1)
+  bpf        fullmesh.bpf.c (the BPF PM selected: Network.select_pm)
+  userspace  bpfpm.guest.uspm over generic netlink (the userspace PM selected)
 
 Figures (issue 12), each a ratio of contenders measured side by side:
   p1  connect -> the 4 subflows established, BPF / in-kernel (median, p99)
@@ -110,7 +110,7 @@ class Bench:
             return bpf_fullmesh(net, mesh, load_pm)
         elif name == "userspace":
             common(net, mesh, signal=len(mesh.remote) > 1)
-            net.sysctl("client", "net.mptcp.pm_type", 1)
+            net.select_pm("userspace", "client")
             h = self.guest.call("uspm.start", ns=net.spec.client_ns, local=mesh.local)
 
             def stop():

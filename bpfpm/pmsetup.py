@@ -1,8 +1,8 @@
 """Path-manager set-ups a scenario can be run against.
 
 Each one configures a Network for "open subflows like X": the in-kernel
-netlink PM through endpoints and limits, or a BPF PM through
-net.mptcp.pm_type=2 on the client plus its program and maps. The server
+netlink PM through endpoints and limits, or a BPF PM selected on the
+client (Network.select_pm) plus its program and maps. The server
 announces its other addresses through in-kernel signal endpoints, or, for
 "bpf-both", through the BPF fullmesh too: then no endpoint exists at all.
 """
@@ -59,8 +59,7 @@ def bpf_fullmesh(net: Network, mesh: Mesh, load_pm, both_ends: bool = False):
     announces mesh.remote[1:] itself (the `signals` map), no endpoint."""
     common(net, mesh, signal=not both_ends)
     pm = load_pm("fullmesh")
-    for side in ("client", "server") if both_ends else ("client",):
-        net.sysctl(side, "net.mptcp.pm_type", 2)
+    net.select_pm("bpf", *(("client", "server") if both_ends else ("client",)))
     for i, addr in enumerate(mesh.local):
         pm.update("locals", i, struct.pack("<I", 1) + _addr_bytes(addr))
     for i, addr in enumerate(mesh.remote[1:] if both_ends else []):
@@ -92,7 +91,7 @@ def bpf_backup(net: Network, regular: list[tuple[str, str]], backup: list[tuple[
 def _ndiffports(net: Network, load_pm):
     for side in ("client", "server"):
         net.limits(side, subflows=LIMIT, add_addr_accepted=LIMIT)
-    net.sysctl("client", "net.mptcp.pm_type", 2)
+    net.select_pm("bpf", "client")
     pm = load_pm("ndiffports")
     pm.set_config(2)
     return pm
@@ -102,7 +101,7 @@ def _policy(net: Network, load_pm):
     """Server: BPF policy PM denying nothing; client: in-kernel subflow endpoints."""
     for side in ("client", "server"):
         net.limits(side, subflows=LIMIT, add_addr_accepted=LIMIT)
-    net.sysctl("server", "net.mptcp.pm_type", 2)
+    net.select_pm("bpf", "server")
     pm = load_pm("policy")
     for i in range(2, len(net.spec.links) + 1):
         net.endpoint("client", net.spec.addr("client", i), "subflow", id=i)

@@ -1,7 +1,7 @@
 """Scenario building blocks used by vmtests: a network and its transfers.
 
     net = Network(vm, TopoSpec.simple(2))
-    net.kernel_pm(client_subflow_endpoints=True)
+    net.use_bpf_pm("client", "server")
     with net.transfer(nbytes=8 << 20) as xfer:
         xfer.wait_progress(0.25)
         ...
@@ -233,10 +233,20 @@ class Network:
     def endpoints(self, side: str) -> list[dict]:
         return self.guest.call("mptcp.endpoints", ns=self.ns(side))
 
+    # -- which path manager --------------------------------------------------
+    def select_pm(self, pm: str, *sides: str) -> list[str]:
+        """Hand the path management of each of `sides` to `pm`: "bpf" (the
+        series' BPF PM), "kernel" (the in-kernel PM, every netns's default)
+        or "userspace". The guest writes net.mptcp.path_manager=<pm> where
+        the kernel lists `pm` in net.mptcp.available_path_managers (7.2),
+        else net.mptcp.pm_type (6.12; bpfpm.guest.mptcp.pm_sysctl), for all
+        sides in one call; what it wrote, per side."""
+        return self.guest.call("mptcp.select_pm", ns=[self.ns(s) for s in sides], pm=pm)
+
     def use_bpf_pm(self, *sides: str, subflows: int = 8, add_addr_accepted: int = 8) -> None:
-        """net.mptcp.pm_type=2 and the subflow limits on each of `sides`."""
+        """The BPF PM and the subflow limits on each of `sides`."""
+        self.select_pm("bpf", *sides)
         for side in sides:
-            self.sysctl(side, "net.mptcp.pm_type", 2)
             self.limits(side, subflows=subflows, add_addr_accepted=add_addr_accepted)
 
     def mptcp_sockets(self) -> str:

@@ -4,7 +4,8 @@ checks the kernel log after the test and scans kmemleak).
 
 Each round, in turn: connections opened and closed, endpoints added and
 removed on both sides (LOCAL_ADDR, ADD_ADDR, RM_ADDR), a link flapped, a
-path manager attached or detached, pm_type switched. Every transfer that
+path manager attached or detached, the client switched to the in-kernel
+PM and back. Every transfer that
 finishes must be intact; at the end no MPTCP socket may be left.
 """
 
@@ -53,8 +54,8 @@ def test_churn_leaves_a_clean_kernel(topo, load_pm, vm, measure):
         assert server["closed"] == 20, server
         counts["burst"] += 20
         if r % 3 == 2:
-            for value in (0, 2):
-                topo.sysctl("client", "net.mptcp.pm_type", value)
+            for pm in ("kernel", "bpf"):
+                topo.select_pm(pm, "client")
             counts["switch"] += 2
     for pm in loaded.values():
         pm.unload()

@@ -23,7 +23,7 @@ def limits(topo, subflows=8):
 @pytest.mark.parametrize("n", [2, 4, 8])
 def test_ndiffports_opens_n_subflows_over_one_address_pair(topo, load_pm, n):
     limits(topo)
-    topo.sysctl("client", "net.mptcp.pm_type", 2)
+    topo.select_pm("bpf", "client")
     pm = load_pm("ndiffports")
     pm.set_config(n)
 
@@ -43,7 +43,7 @@ def test_ndiffports_opens_n_subflows_over_one_address_pair(topo, load_pm, n):
 @pytest.mark.topo(links=1, rate_mbit=50)
 def test_ndiffports_is_bounded_by_the_subflow_limit(topo, load_pm):
     limits(topo, subflows=2)
-    topo.sysctl("client", "net.mptcp.pm_type", 2)
+    topo.select_pm("bpf", "client")
     pm = load_pm("ndiffports")
     pm.set_config(8)
 
@@ -189,7 +189,7 @@ def test_policy_pm_refuses_joins_from_a_denied_prefix(topo, load_pm):
     import struct
     t = topo.spec
     limits(topo)
-    topo.sysctl("server", "net.mptcp.pm_type", 2)
+    topo.select_pm("bpf", "server")
     pm = load_pm("policy")
     # deny 10.0.2.0/24: used, family AF_INET, address, prefix length
     pm.update("deny", 0, struct.pack("<II", 1, 2) + bytes([10, 0, 2, 0]) + bytes(12)

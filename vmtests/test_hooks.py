@@ -2,7 +2,7 @@
 
 Every callback must fire exactly once per occurrence, with the arguments
 and mptcp_* context fields that describe what happened. Connections only
-produce callbacks in a netns with net.mptcp.pm_type=2.
+produce callbacks in a netns where the BPF PM is selected.
 """
 
 import pytest

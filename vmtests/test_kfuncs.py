@@ -28,7 +28,7 @@ from vmtests.kfunc_probe import (
 @pytest.mark.parametrize("limit,full", [(8, errno.EBUSY), (3, errno.ENOSPC)],
                          ids=["queue-full", "subflow-limit"])
 def test_bad_requests_get_their_errno(topo, load_pm, limit, full):
-    topo.sysctl("client", "net.mptcp.pm_type", 2)
+    topo.select_pm("bpf", "client")
     topo.limits("client", subflows=limit)
     topo.limits("server", subflows=8)
     probe = load_pm("kfunc_probe")
@@ -54,7 +54,7 @@ def test_bad_requests_get_their_errno(topo, load_pm, limit, full):
 
 
 def test_other_path_managers_and_plain_tcp_are_refused(topo, load_pm):
-    probe = load_pm("kfunc_probe")       # pm_type stays 0 (in-kernel PM)
+    probe = load_pm("kfunc_probe")       # the in-kernel PM stays selected
 
     with topo.transfer(1 * MiB) as mptcp:
         pass
@@ -72,7 +72,7 @@ def test_other_path_managers_and_plain_tcp_are_refused(topo, load_pm):
 
 @pytest.mark.topo(links=1)
 def test_burst_of_500_connections_all_get_their_subflow(topo, load_pm):
-    topo.sysctl("client", "net.mptcp.pm_type", 2)
+    topo.select_pm("bpf", "client")
     for side in ("client", "server"):
         topo.limits(side, subflows=8)
     pm = load_pm("ndiffports")           # one kfunc call per connection, from softirq

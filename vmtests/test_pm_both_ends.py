@@ -1,5 +1,5 @@
 """The whole path-manager job from BPF, on both ends: the in-kernel PM is
-off on both sides (net.mptcp.pm_type=2). Addresses are announced and
+off on both sides (the BPF PM selected). Addresses are announced and
 withdrawn by the server's program (bpf_mptcp_announce_addr/remove_addr),
 backup subflows are opened and re-marked by the client's
 (bpf_mptcp_set_backup). Endpoints, where a scenario adds any, only tell

@@ -410,6 +410,10 @@ def op_sysctl(ns: str, key: str, value=None) -> str:
     return netns.sysctl(ns, key, None if value is None else str(value))
 
 
+def op_mptcp_select_pm(ns: list, pm: str) -> list:
+    return mptcp.select_pm(ns, pm)
+
+
 def op_mptcp_limits(ns: str, **kw) -> dict:
     return mptcp.limits(ns, **kw)
 

@@ -1,4 +1,5 @@
-"""MPTCP path-manager configuration in a netns: endpoints, limits, events.
+"""MPTCP path-manager configuration in a netns: which PM, endpoints,
+limits, events.
 
 Endpoints and limits go through pyroute2's MPTCP generic-netlink socket,
 opened inside the netns. pyroute2 has no MPTCP event listener, so events
@@ -11,6 +12,7 @@ import re
 import socket
 import struct
 import time
+from pathlib import Path
 
 from pyroute2.netlink.generic.mptcp import MPTCP
 
@@ -18,6 +20,38 @@ from . import mptcpinfo
 from .netns import counters, inside
 
 FLAGS = {"signal": 0x1, "subflow": 0x2, "backup": 0x4, "fullmesh": 0x8}
+# net.mptcp.pm_type of each path manager: 0 and 1 upstream's, 2 the series'
+PM_TYPES = {"kernel": 0, "userspace": 1, "bpf": 2}
+SYSCTLS = Path("/proc/sys/net/mptcp")
+
+
+def pm_sysctl(sysctls: Path, pm: str) -> tuple[str, str]:
+    """The sysctl of `sysctls` (net.mptcp's dir) and the value that select
+    `pm`: path_manager=<pm> where the kernel selects PMs by name (6.15 and
+    later: 7.2) and lists `pm` among its available_path_managers, else
+    pm_type (6.12; 7.2 keeps it for compatibility)."""
+    if pm not in PM_TYPES:
+        raise ValueError(f"no path manager {pm!r}; known: {', '.join(PM_TYPES)}")
+    try:
+        available = (sysctls / "available_path_managers").read_text().split()
+    except FileNotFoundError:
+        available = []
+    if pm in available and (sysctls / "path_manager").exists():
+        return "path_manager", pm
+    return "pm_type", str(PM_TYPES[pm])
+
+
+def select_pm(namespaces: list[str], pm: str) -> list[str]:
+    """Hand the path management of each netns to `pm` ("kernel", "userspace",
+    "bpf"); what was written in each, as `net.mptcp.<sysctl>=<value>`."""
+    out = []
+    for ns in namespaces:
+        with inside(ns):        # /proc/sys/net is the netns of the thread opening it
+            key, value = pm_sysctl(SYSCTLS, pm)
+            with open(SYSCTLS / key, "w") as f:
+                f.write(value)
+        out.append(f"net.mptcp.{key}={value}")
+    return out
 
 
 def _nl(ns: str) -> MPTCP:

@@ -1,6 +1,7 @@
 """A userspace fullmesh path manager over generic netlink, for `make bench`.
 
-net.mptcp.pm_type=1 hands the client's path management to userspace: the
+The userspace PM (net.mptcp.pm_type=1, or path_manager=userspace) hands
+the client's path management to userspace: the
 kernel reports each connection on the `mptcp_pm_events` multicast group
 and opens a subflow only when asked (MPTCP_PM_CMD_SUBFLOW_CREATE). This
 daemon does what the in-kernel fullmesh and the BPF one do: once a
