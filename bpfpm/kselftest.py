@@ -3,10 +3,10 @@
 Both kernels come from the same source (that of the kernel BPFPM_KERNEL
 chooses; the patched one with its series); the selftests are built from
 that source (kselftest `install`) against the build's exported headers, in
-a cache dir per kernel, and run in the guest, each script under `timeout`. "test_progs" is the subset of
-selftests/bpf in BPF_TESTS, built per kernel against its vmlinux (from the
-pristine source plus, for the patched kernel, the series' tools/ hunks).
-A script may carry arguments
+a cache dir per kernel, and run in the guest, each script under `timeout`.
+"test_progs" is the subset of selftests/bpf in BPF_TESTS, built per kernel
+against its vmlinux (from the pristine source plus, for the patched
+kernel, the series' tools/ hunks). A script may carry arguments
 ("mptcp_join.sh -f -s": only those groups). Results are compared script by
 script and, from the scripts' own TAP output, subtest by subtest. The exit
 status is 1 when the patched kernel fails anything the unpatched one passes.
