@@ -21,9 +21,9 @@ Layout under the cache dir (see paths.cache_dir):
   build.lock       one build at a time (make inherits it, so a make outliving
                    its bpfpm still holds it)
 Whatever the source of a kernel (Debian's, a developer's tree, patched or
-not), it is synced into that kernel's tree path, so make's own dependency tracking rebuilds
-only what differs and ccache (whose keys contain those paths) hits when a
-variant comes back. Asking for a key already in kernels/ returns at once,
+not), it is synced into that kernel's tree path, so make's own dependency
+tracking rebuilds only what differs and ccache (whose keys contain those
+paths) hits when a variant comes back. Asking for a key already in kernels/ returns at once,
 without a lock; a build re-checks kernels/<key> once it holds build.lock,
 since another run may have built it meanwhile.
 """
