@@ -221,3 +221,21 @@ def test_address_and_backup_requests_that_fail_are_reported(topo, load_pm, recor
                              (REQ_REMOVE, errno.ENOENT), (REQ_BACKUP, errno.EINVAL)]), failed
     (add,) = [e for e in srv if e.op == "ADD_ADDR"]
     assert add.addr() == "192.0.2.1" and add.args[0] > 0, add
+
+
+def test_a_program_of_another_type_cannot_call_them(vm, pm_objects):
+    """The kfuncs are registered for sock_ops programs only. 7.2 gives
+    sock_ops the kfunc hook of every cgroup program type, so there it is the
+    type of the context argument that turns away a cgroup_skb program
+    handing its own context (6.12: the sock_ops hook itself)."""
+    obj = pm_objects["kfunc_wrong_prog"]
+    if isinstance(obj, Exception):
+        raise obj
+    pin = "/sys/fs/bpf/bpfpm-kfunc-wrong-prog"
+    r = vm.run("grep -q ' /sys/fs/bpf bpf ' /proc/mounts || mount -t bpf bpf /sys/fs/bpf; "
+               f"bpftool prog load {obj} {pin}", check=False)
+    vm.run(f"rm -f {pin}", check=False)
+    log = r.stdout + r.stderr
+    assert r.rc != 0, f"a cgroup_skb program loaded with a call to bpf_mptcp_open_subflow():\n{log}"
+    assert "bpf_mptcp_open_subflow" in log or "arg#0" in log, \
+        f"refused, but not by the verifier's kfunc checks:\n{log[-2000:]}"

@@ -191,3 +191,25 @@ def test_pm_type_2_only_where_sock_ops_programs_can_run(topo, vm):
     else:
         assert r.rc != 0 and "Invalid argument" in r.stdout + r.stderr, r
         assert now == "0", f"pm_type changed to {now} without cgroup BPF"
+
+
+@pytest.mark.topo(links=1)
+def test_the_bpf_pm_is_chosen_as_the_kernel_chooses_path_managers(topo, vm):
+    """Where the kernel chooses path managers by name (net.mptcp.path_manager,
+    6.15 and later: 7.2), the series registers its PM with mptcp_pm_register()
+    as "bpf": it is listed in available_path_managers, select_pm() writes its
+    name, and pm_type, kept for compatibility, reads 2 and selects it too.
+    On 6.12, which has only pm_type, 2 is the BPF PM."""
+    by_name = vm.run("test -e /proc/sys/net/mptcp/path_manager", check=False).rc == 0
+    wrote = topo.select_pm("bpf", "client")
+    assert topo.sysctl("client", "net.mptcp.pm_type") == "2", wrote
+    if not by_name:
+        assert wrote == ["net.mptcp.pm_type=2"], wrote
+        return
+    available = topo.sysctl("client", "net.mptcp.available_path_managers").split()
+    assert "bpf" in available, f"the BPF PM is not registered: {available}"
+    assert wrote == ["net.mptcp.path_manager=bpf"], wrote
+    topo.sysctl("client", "net.mptcp.pm_type", 0)
+    assert topo.sysctl("client", "net.mptcp.path_manager") == "kernel"
+    topo.sysctl("client", "net.mptcp.pm_type", 2)
+    assert topo.sysctl("client", "net.mptcp.path_manager") == "bpf"
