@@ -20,8 +20,12 @@ from .errors import BpfpmError
 from .paths import PMS_DIR, cache_dir
 from .scenario import poll
 
+# -fms-extensions: since 6.19 the kernel embeds named structs as anonymous
+# members (struct ns_tree; ...), and vmlinux.h dumps them so; selftests/bpf
+# builds with the same two flags. Harmless where there are none (6.12).
 CFLAGS = ["-g", "-O2", "-target", "bpf", "-mcpu=v3", "-D__TARGET_ARCH_x86",
-          "-Wall", "-Werror", "-Wno-unused-function"]
+          "-Wall", "-Werror", "-Wno-unused-function",
+          "-fms-extensions", "-Wno-microsoft-anon-tag"]
 
 
 def available() -> list[str]:
