@@ -130,14 +130,14 @@ def _prune_verifier(path: Path, keep: list[str]) -> None:
     out = []
     head = True
     for line in path.read_text().splitlines():
-        m = re.match(r'#include "(verifier_\w+)\.skel\.h"', line)
+        m = re.match(r'#include "(\w+)\.skel\.h"', line)     # 7.2 has irq.skel.h too
         if m and m.group(1) not in keep:
             continue
         if head:
             out.append(line)
             head = not line.startswith("#define RUN(")
             continue
-        m = re.match(r"void test_(verifier_\w+)\(void\)\s*\{ RUN\((\w+)\); \}$", line)
+        m = re.match(r"void test_(\w+)\(void\)\s*\{ RUN(?:_TESTS)?\((\w+)\); \}$", line)
         if m and m.group(2) in keep:
             out.append(line)
     path.unlink()               # a fresh file, never written through a link
@@ -157,12 +157,14 @@ def install_bpf(kb: KernelBuild, patched: bool) -> Path:
     sel = _bpf_subset_source(source.resolve().path, patches.series() if patched else [],
                              out / "src")
     llvm = BPF_LLVM
-    # no light or linked skeletons, no modules: only what BPF_TESTS load;
+    # no light (signed or not) or linked skeletons, no modules: only what
+    # BPF_TESTS load;
     # btf_dump compares its dumps with the C files it was built from
     extra = [str(p.relative_to(sel)) for p in sorted(sel.glob("progs/btf_dump_test_case_*.c"))]
     argv = ["make", "-C", str(sel), f"OUTPUT={out / 'out'}", f"VMLINUX_BTF={kb.vmlinux}",
             f"CLANG=clang-{llvm}", f"LLC=llc-{llvm}", f"LLVM_STRIP=llvm-strip-{llvm}",
-            f"LLVM_OBJCOPY=llvm-objcopy-{llvm}", "BPFTOOL_LLVM=", "LSKELS=", "LSKELS_EXTRA=",
+            f"LLVM_OBJCOPY=llvm-objcopy-{llvm}", "BPFTOOL_LLVM=", "LSKELS=", "LSKELS_EXTRA=", "LSKELS_SIGNED=",
+            "LIBARENA_SKEL=", "LIBARENA_ASAN_SKEL=",
             "LINKED_SKELS=", "TRUNNER_EXTRA_FILES=" + " ".join(extra),
             f"-j{os.cpu_count() or 1}", str(binary)]
     (out / "out").mkdir(exist_ok=True)

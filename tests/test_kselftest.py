@@ -79,6 +79,22 @@ def test_verifier_runner_pruned_to_the_chosen_tests(tmp_path):
     assert '#include "verifier_ctx.skel.h"' in out and "{ RUN(verifier_ctx); }" in out
 
 
+
+def test_verifier_runner_of_7_2_pruned_too(tmp_path):
+    """7.2's verifier.c includes skeletons not named verifier_* (irq) and
+    runs some tests with RUN_TESTS(): both are pruned or kept by name."""
+    from bpfpm.kselftest import _prune_verifier
+    src = tmp_path / "verifier.c"
+    src.write_text('#include <test_progs.h>\n#include "verifier_ctx.skel.h"\n'
+                   '#include "irq.skel.h"\n\nstatic void run_tests_aux(void) {}\n'
+                   '#define RUN(skel) run_tests_aux(#skel, skel##__elf_bytes, NULL)\n\n'
+                   'void test_verifier_ctx(void)                  { RUN_TESTS(verifier_ctx); }\n'
+                   'void test_irq(void)                           { RUN(irq); }\n')
+    _prune_verifier(src, ["verifier_ctx"])
+    out = src.read_text()
+    assert "irq" not in out
+    assert "{ RUN_TESTS(verifier_ctx); }" in out
+
 def test_only_the_tools_part_of_a_patch_is_kept(tmp_path):
     from bpfpm.kselftest import _tools_hunks
     p = tmp_path / "0001.patch"
