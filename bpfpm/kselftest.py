@@ -157,15 +157,15 @@ def install_bpf(kb: KernelBuild, patched: bool) -> Path:
     sel = _bpf_subset_source(source.resolve().path, patches.series() if patched else [],
                              out / "src")
     llvm = BPF_LLVM
-    # no light (signed or not) or linked skeletons, no modules: only what
-    # BPF_TESTS load;
-    # btf_dump compares its dumps with the C files it was built from
+    # no light (signed or not) or linked skeletons, no libarena, no modules:
+    # only what BPF_TESTS load; btf_dump compares its dumps with the C files
+    # it was built from
     extra = [str(p.relative_to(sel)) for p in sorted(sel.glob("progs/btf_dump_test_case_*.c"))]
     argv = ["make", "-C", str(sel), f"OUTPUT={out / 'out'}", f"VMLINUX_BTF={kb.vmlinux}",
             f"CLANG=clang-{llvm}", f"LLC=llc-{llvm}", f"LLVM_STRIP=llvm-strip-{llvm}",
-            f"LLVM_OBJCOPY=llvm-objcopy-{llvm}", "BPFTOOL_LLVM=", "LSKELS=", "LSKELS_EXTRA=", "LSKELS_SIGNED=",
-            "LIBARENA_SKEL=", "LIBARENA_ASAN_SKEL=",
-            "LINKED_SKELS=", "TRUNNER_EXTRA_FILES=" + " ".join(extra),
+            f"LLVM_OBJCOPY=llvm-objcopy-{llvm}", "BPFTOOL_LLVM=", "LSKELS=", "LSKELS_EXTRA=",
+            "LSKELS_SIGNED=", "LIBARENA_SKEL=", "LIBARENA_ASAN_SKEL=", "LINKED_SKELS=",
+            "TRUNNER_EXTRA_FILES=" + " ".join(extra),
             f"-j{os.cpu_count() or 1}", str(binary)]
     (out / "out").mkdir(exist_ok=True)
     log.step(f"building test_progs ({len(BPF_TESTS)} tests) for {kb.key}; log {logf}")

@@ -79,7 +79,6 @@ def test_verifier_runner_pruned_to_the_chosen_tests(tmp_path):
     assert '#include "verifier_ctx.skel.h"' in out and "{ RUN(verifier_ctx); }" in out
 
 
-
 def test_verifier_runner_of_7_2_pruned_too(tmp_path):
     """7.2's verifier.c includes skeletons not named verifier_* (irq) and
     runs some tests with RUN_TESTS(): both are pruned or kept by name."""
@@ -94,6 +93,7 @@ def test_verifier_runner_of_7_2_pruned_too(tmp_path):
     out = src.read_text()
     assert "irq" not in out
     assert "{ RUN_TESTS(verifier_ctx); }" in out
+
 
 def test_only_the_tools_part_of_a_patch_is_kept(tmp_path):
     from bpfpm.kselftest import _tools_hunks
