@@ -104,6 +104,23 @@ class Recorder:
                        + "\n".join(map(str, last)), self.pm.guest.time_scale)
         return last
 
+    def wait_counts(self, cond, timeout: float = 30, what: str = "counts") -> dict[int, int]:
+        """Poll the counters map alone until cond(counts) is true; the
+        counts then. For waits on many connections: the events ring is
+        full then, and reading and decoding its 2,048 slots takes seconds
+        under TCG where the counters take milliseconds."""
+        last: dict[int, int] = {}
+
+        def probe():
+            nonlocal last
+            last = self.counts()
+            return cond(last)
+        poll(probe, timeout, 0.2, lambda t: f"{what} not seen within {t:.0f}s; counters: "
+             + ", ".join(f"{OPS.get(k - 1, 'all') if k else 'all'} {v}"
+                         for k, v in sorted(last.items()) if v),
+             self.pm.guest.time_scale)
+        return last
+
 
 def count(evs: list[Event], op: str, token: str | None = None) -> int:
     return sum(1 for e in evs if e.op == op and (token is None or e.loc_token == token))

@@ -96,11 +96,11 @@ def test_closing_with_requests_pending_leaves_nothing_behind(topo, load_pm, reco
     client, server = topo.burst(200, wait=False)     # close right after establishing
     assert server["closed"] == 200
 
-    counters = recorder.counts
     created, closed = 1, 3               # counters[1 + op - CREATED]
-    recorder.wait(lambda _: counters()[closed] >= counters()[created] >= 400,
-                  timeout=120, what="CLOSED for every CREATED connection")
-    assert counters()[closed] == counters()[created] == 400, counters()
+    recorder.wait_counts(lambda c: c[closed] >= c[created] >= 400,
+                         timeout=120, what="CLOSED for every CREATED connection")
+    counts = recorder.counts()
+    assert counts[closed] == counts[created] == 400, counts
     assert probe.results().get(0, 0) >= 200 * 8 / 2, "requests were queued"
     left = topo.mptcp_sockets()
     assert not left, f"MPTCP sockets left:\n{left}"

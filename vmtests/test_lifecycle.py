@@ -133,18 +133,16 @@ def test_a_netns_deleted_with_requests_and_events_queued(network, load_pm, recor
     probe = load_pm("kfunc_probe")
     probe.set_config(MODE_FLOOD)
 
-    counters = recorder.counts
     created, closed = 1, 3              # counters[1 + op - CREATED]
-    before = counters()
+    before = recorder.counts()
     srv, cli = net.burst_start(200, subflows=2)
-    recorder.wait(lambda _: counters()[created] - before[created] >= 100, timeout=120,
-                  what="100 connections created")
+    recorder.wait_counts(lambda c: c[created] - before[created] >= 100, timeout=120,
+                         what="100 connections created")
     for h in (cli, srv):                # the sockets close as the netns goes
         vm.call("proc.kill", handle=h)
     net.destroy()
-    recorder.wait(lambda _: counters()[closed] - before[closed]
-                  >= counters()[created] - before[created], timeout=120,
-                  what="CLOSED for every connection of the deleted netns")
+    recorder.wait_counts(lambda c: c[closed] - before[closed] >= c[created] - before[created],
+                         timeout=120, what="CLOSED for every connection of the deleted netns")
     assert probe.results().get(0, 0) > 0, "no request was queued"
     assert vm.run("ip netns list | grep bpfpm-gone || true").stdout.strip() == ""
 

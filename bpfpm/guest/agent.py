@@ -31,15 +31,13 @@ import time
 import traceback
 from pathlib import Path
 
-from ..topology import TopoSpec
-from . import bpf
-
 
 class _Deferred:
     """A module imported at its first use. The netlink modules (pyroute2)
-    take about 2 s to import under TCG: the agent answers before they are
-    in, and a thread imports them meanwhile (warm_up); an op that needs
-    one first waits for that import to finish (Python's import lock)."""
+    take about 2 s to import under TCG, the topology's dataclasses and
+    libbpf's ctypes about 0.3 s: the agent answers before they are in, and
+    a thread imports them meanwhile (warm_up); an op that needs one first
+    waits for that import to finish (Python's import lock)."""
 
     def __init__(self, name: str):
         self._name = name
@@ -50,10 +48,12 @@ class _Deferred:
 
 mptcp = _Deferred("bpfpm.guest.mptcp")
 netns = _Deferred("bpfpm.guest.netns")
+bpf = _Deferred("bpfpm.guest.bpf")
+topology = _Deferred("bpfpm.topology")
 
 
 def warm_up() -> None:
-    for m in (mptcp, netns):
+    for m in (topology, bpf, mptcp, netns):
         importlib.import_module(m._name)
 
 WORK = Path(os.environ.get("BPFPM_GUEST_WORK", "/tmp/bpfpm"))
@@ -193,20 +193,26 @@ class Forked:
         return self.returncode
 
 
+def bash_quote(text: str) -> str:
+    """text as one bash word, $'...': backslash, quote and newline escaped."""
+    return "$'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
 class Shell:
-    """Shell commands as subshells of one long-lived bash.
+    """Shell commands as jobs of one long-lived bash.
 
-    Starting a bash under TCG takes 40-60 ms; forking a subshell of a
-    running one takes about 5. Each command is written to a file and
-    sourced in a subshell of its own, a job of its own (`set -m`: its own
-    process group), stdin /dev/null, output to files. bash says the job's
-    pid and then its status on its stdout, which nothing else writes to.
-    On timeout the job's process group is killed. A shell that died is
-    started again at the next command."""
+    Starting a bash under TCG takes 40-60 ms, even /bin/true 35 ms; the
+    fork of a running bash about 5. Each command is sent inline (one
+    quoted word, eval'ed) as a job of its own (`set -m`: its own process
+    group), stdin /dev/null, stdout and stderr the write ends of two pipes
+    of this agent, which bash opens through /proc/<agent>/fd/. bash says
+    the job's pid and then its status on its stdout, which nothing else
+    writes to; the pipes are read meanwhile. Once the status is in, what
+    the job wrote is in the pipes: a background process it left holding
+    them does not hold up the reply. On timeout the job's process group is
+    killed. A shell that died is started again at the next command."""
 
-    def __init__(self, work: Path):
-        self.dir = work / "sh"
-        self.ids = itertools.count(1)
+    def __init__(self):
         self.p: subprocess.Popen | None = None
         self.buf = b""
 
@@ -221,19 +227,32 @@ class Shell:
         self.p.stdin.write(text.encode())
         self.p.stdin.flush()
 
-    def _line(self, deadline: float) -> str | None:
-        """bash's next line, None at the deadline; raises if bash died."""
+    def _line(self, deadline: float, pipes: dict[int, list] | None = None) -> str | None:
+        """bash's next line, None at the deadline; raises if bash died.
+        Reads the job's `pipes` (fd -> chunks) meanwhile."""
         fd = self.p.stdout.fileno()
+        pipes = pipes or {}
         while b"\n" not in self.buf:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
+            if left <= 0:
                 return None
-            data = os.read(fd, 4096)
-            if not data:
-                self.p.wait()
-                self.p = None
-                raise RuntimeError("the agent's shell exited under a command")
-            self.buf += data
+            ready = select.select([fd, *pipes], [], [], left)[0]
+            if not ready:
+                return None
+            for r in ready:
+                if r != fd:
+                    chunk = os.read(r, 65536)
+                    if chunk:
+                        pipes[r].append(chunk)
+                    else:
+                        del pipes[r]
+                    continue
+                data = os.read(fd, 4096)
+                if not data:
+                    self.p.wait()
+                    self.p = None
+                    raise RuntimeError("the agent's shell exited under a command")
+                self.buf += data
         line, self.buf = self.buf.split(b"\n", 1)
         return line.decode()
 
@@ -257,30 +276,37 @@ class Shell:
 
     def run(self, cmd: str, timeout: float) -> dict:
         t0 = time.monotonic()
-        base = self.dir / str(next(self.ids))
-        script, out, err = (base.with_suffix(x) for x in (".sh", ".out", ".err"))
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        chunks: dict[int, list] = {out_r: [], err_r: []}
+        pipes = dict(chunks)
+        me = os.getpid()
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            script.write_text(cmd + "\n")
-            pid = self._launch(f"( . {script} ) </dev/null >{out} 2>{err} & "
+            pid = self._launch(f"{{ eval {bash_quote(cmd)}; }} </dev/null "
+                               f">/proc/{me}/fd/{out_w} 2>/proc/{me}/fd/{err_w} & "
                                "echo $!; wait $!; echo $?\n", t0 + 30)
-            status = self._line(t0 + timeout)
+            status = self._line(t0 + timeout, pipes)
             timed_out = status is None
             if timed_out:
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                if self._line(time.monotonic() + 10) is None:
+                if self._line(time.monotonic() + 10, pipes) is None:
                     # its status would come in place of the next job's pid
                     self.stop()
+            for fd in pipes:        # the rest of what the job wrote
+                os.set_blocking(fd, False)
+                with contextlib.suppress(BlockingIOError):
+                    while chunk := os.read(fd, 65536):
+                        chunks[fd].append(chunk)
             return {"rc": -signal.SIGKILL if timed_out else int(status),
-                    "stdout": out.read_text(errors="replace"),
-                    "stderr": err.read_text(errors="replace"), "timed_out": timed_out,
-                    "seconds": time.monotonic() - t0}
+                    "stdout": b"".join(chunks[out_r]).decode(errors="replace"),
+                    "stderr": b"".join(chunks[err_r]).decode(errors="replace"),
+                    "timed_out": timed_out, "seconds": time.monotonic() - t0}
         finally:
-            for f in (script, out, err):
-                f.unlink(missing_ok=True)
+            for fd in (out_r, out_w, err_r, err_w):
+                os.close(fd)
 
     def stop(self) -> None:
         if self.p is not None and self.p.poll() is None:
@@ -290,7 +316,7 @@ class Shell:
 
 
 PROCS = Procs()
-SHELL = Shell(WORK)
+SHELL = Shell()
 PY = [sys.executable, "-m"]
 # modules run as a fork of the agent (Forked)
 FORKED = ("bpfpm.guest.xfer", "bpfpm.guest.bench", "bpfpm.guest.uspm")
@@ -381,17 +407,17 @@ def op_poweroff() -> None:
 
 
 def op_topo_create(spec: dict) -> dict:
-    return netns.create(TopoSpec.from_dict(spec))
+    return netns.create(topology.TopoSpec.from_dict(spec))
 
 
 def op_topo_destroy(spec: dict) -> None:
     CAPTURES.clear()
     PROCS.kill_all()
-    netns.destroy(TopoSpec.from_dict(spec))
+    netns.destroy(topology.TopoSpec.from_dict(spec))
 
 
 def op_topo_link(spec: dict, link: int, up: bool) -> None:
-    netns.link_set(TopoSpec.from_dict(spec), link, up)
+    netns.link_set(topology.TopoSpec.from_dict(spec), link, up)
 
 
 def op_topo_addr(ns: str, ifname: str, address: str, add: bool) -> None:

@@ -182,6 +182,7 @@ class Btf:
         if not btf:
             _check(what, -(ctypes.get_errno() or 22))
         self.btf = btf
+        self._formatters: dict[int, object] = {}
 
     @classmethod
     def from_kernel(cls, btf_id: int) -> "Btf":
@@ -224,48 +225,74 @@ class Btf:
         return size
 
     def format(self, tid: int, data: bytes, off: int = 0):
+        return self.formatter(tid)(data, off)
+
+    def formatter(self, tid: int):
+        """f(data, off) formatting a value of type `tid`, built once per
+        type: a map dump formats thousands of values of the same few
+        types, and walking the BTF again for each costs seconds under TCG."""
+        f = self._formatters.get(tid)
+        if f is None:
+            f = self._formatters[tid] = self._compile(tid)
+        return f
+
+    def _compile(self, tid: int):
         kind, name, size, vlen, kflag, extra = self._type(tid)
         if kind in (TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG):
-            return self.format(size, data, off)
+            return self.formatter(size)
         if kind == INT:
             enc = ctypes.c_uint32.from_address(extra).value
             bits, encoding = enc & 0xFF, (enc >> 24) & 0x0F
-            raw = data[off:off + size]
             if encoding & INT_BOOL:
-                return raw != bytes(size)
+                zero = bytes(size)
+                return lambda data, off: data[off:off + size] != zero
             if encoding & INT_CHAR:
-                return chr(raw[0])
+                return lambda data, off: chr(data[off])
             if bits > 64:
-                return "0x" + raw[::-1].hex().lstrip("0").rjust(1, "0")
-            return int.from_bytes(raw, "little", signed=bool(encoding & INT_SIGNED))
+                return lambda data, off: "0x" + data[off:off + size][::-1].hex().lstrip("0") \
+                    .rjust(1, "0")
+            signed = bool(encoding & INT_SIGNED)
+            return lambda data, off: int.from_bytes(data[off:off + size], "little",
+                                                    signed=signed)
         if kind == PTR:
-            return int.from_bytes(data[off:off + 8], "little")
+            return lambda data, off: int.from_bytes(data[off:off + 8], "little")
         if kind in (ENUM, ENUM64):
             # struct btf_enum {name_off, val} / btf_enum64 {name_off, lo32, hi32}
-            raw = int.from_bytes(data[off:off + size], "little", signed=True)
             step, mask = (8, 0xFFFFFFFF) if kind == ENUM else (12, (1 << 64) - 1)
+            names = {}
             for i in range(vlen):
                 w = (ctypes.c_uint32 * (step // 4)).from_address(extra + i * step)
                 val = w[1] if kind == ENUM else w[1] | (w[2] << 32)
-                if val & mask == raw & mask:
-                    return self.lib.btf__name_by_offset(self.btf, w[0]).decode()
-            return raw
+                names.setdefault(val & mask, self.lib.btf__name_by_offset(self.btf, w[0])
+                                 .decode())
+
+            def enum(data, off):
+                raw = int.from_bytes(data[off:off + size], "little", signed=True)
+                return names.get(raw & mask, raw)
+            return enum
         if kind == ARRAY:
             elem, _, n = (ctypes.c_uint32 * 3).from_address(extra)
-            esize = self.size(elem)
-            return [self.format(elem, data, off + i * esize) for i in range(n)]
+            esize, fmt = self.size(elem), self.formatter(elem)
+            return lambda data, off: [fmt(data, off + i * esize) for i in range(n)]
         if kind in (STRUCT, UNION):
-            out = {}
+            members = []
             for i in range(vlen):
                 name_off, mtype, moff = (ctypes.c_uint32 * 3).from_address(extra + i * 12)
                 mname = (self.lib.btf__name_by_offset(self.btf, name_off) or b"").decode()
                 bit_size, bit_off = (moff >> 24, moff & 0xFFFFFF) if kflag else (0, moff)
-                if bit_size:
-                    word = int.from_bytes(data[off:off + size], "little")
-                    out[mname] = (word >> bit_off) & ((1 << bit_size) - 1)
-                else:
-                    out[mname] = self.format(mtype, data, off + bit_off // 8)
-            return out
+                members.append((mname, bit_size, bit_off,
+                                None if bit_size else self.formatter(mtype)))
+
+            def struct(data, off):
+                out = {}
+                for mname, bit_size, bit_off, fmt in members:
+                    if bit_size:
+                        word = int.from_bytes(data[off:off + size], "little")
+                        out[mname] = (word >> bit_off) & ((1 << bit_size) - 1)
+                    else:
+                        out[mname] = fmt(data, off + bit_off // 8)
+                return out
+            return struct
         raise ValueError(f"BTF kind {kind} ({name or 'anonymous'}) is not formatted here")
 
 
