@@ -69,8 +69,15 @@ def build_all(kernel: KernelBuild) -> dict[str, Path | BpfpmError]:
 
 
 def build(kernel: KernelBuild, names: list[str] | None = None) -> dict[str, Path]:
-    """Compile the PMs (all by default); returns name -> object path."""
-    inc = vmlinux_h(kernel).parent
+    """Compile the PMs (all by default); returns name -> object path.
+    An object is named by what it is built from: its source, the headers,
+    the flags and vmlinux.h. A kernel whose types did not change (an edit
+    to a .c file of the kernel) reuses the objects another kernel built
+    (a hard link), instead of a clang run per PM on the edit-to-verdict
+    path."""
+    vmlinux = vmlinux_h(kernel)
+    inc = vmlinux.parent
+    types = hashlib.sha256(vmlinux.read_bytes()).digest()
     headers = sorted(PMS_DIR.glob("*.h"))
     objs = {}
     for name in names or available():
@@ -81,7 +88,13 @@ def build(kernel: KernelBuild, names: list[str] | None = None) -> dict[str, Path
         for hd in headers:
             h.update(hd.read_bytes())
         h.update(" ".join(CFLAGS).encode())
+        h.update(types)
         obj = inc / f"{name}.{h.hexdigest()[:12]}.bpf.o"
+        same = None if obj.exists() else next(inc.parent.glob(f"*/{obj.name}"), None)
+        if same is not None:
+            tmp = obj.with_name(f".{obj.name}.{os.getpid()}")
+            os.link(same, tmp)
+            os.replace(tmp, obj)
         if not obj.exists():
             tmp = obj.with_name(f".{obj.name}.{os.getpid()}")
             argv = ["clang", *CFLAGS, f"-I{inc}", f"-I{PMS_DIR}", "-c", str(src),
