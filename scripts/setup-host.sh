@@ -7,7 +7,7 @@ set -euo pipefail
 PKGS=(
 	# kernel build
 	build-essential bc bison flex ccache cpio dwarves kmod libelf-dev
-	libssl-dev rsync xz-utils python3
+	libssl-dev rsync xz-utils lz4 python3
 	# BPF path managers
 	clang llvm lld bpftool libbpf-dev
 	# booting the guest with virtme-ng
