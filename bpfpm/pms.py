@@ -8,6 +8,7 @@ guest (prog load + pinmaps, cgroup attach sock_ops), through the agent.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -93,8 +94,9 @@ def build(kernel: KernelBuild, names: list[str] | None = None) -> dict[str, Path
         same = None if obj.exists() else next(inc.parent.glob(f"*/{obj.name}"), None)
         if same is not None:
             tmp = obj.with_name(f".{obj.name}.{os.getpid()}")
-            os.link(same, tmp)
-            os.replace(tmp, obj)
+            with contextlib.suppress(FileNotFoundError):   # pruned meanwhile: built below
+                os.link(same, tmp)
+                os.replace(tmp, obj)
         if not obj.exists():
             tmp = obj.with_name(f".{obj.name}.{os.getpid()}")
             argv = ["clang", *CFLAGS, f"-I{inc}", f"-I{PMS_DIR}", "-c", str(src),

@@ -26,7 +26,8 @@ import tenacity
 from . import guestssh, host, log
 from .build import KernelBuild
 from .channel import Channel, Result, connect, public_key
-from .errors import BpfpmError, BootFailed, ChannelLost, GuestCrashed, GuestError, GuestFrozen, QemuExited
+from .errors import (BootFailed, BpfpmError, ChannelLost, GuestCrashed, GuestError, GuestFrozen,
+                     QemuExited)
 from .paths import ROOT, cache_dir
 
 BOOT_DEADLINE = float(os.environ.get("BPFPM_BOOT_TIMEOUT", "90"))
