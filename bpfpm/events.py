@@ -93,34 +93,31 @@ class Recorder:
 
     def wait(self, cond, timeout: float = 30, what: str = "events") -> list[Event]:
         """Poll until cond(events) is true; the events then."""
-        last: list[Event] = []
-
-        def probe():
-            nonlocal last
-            last = self.events()
-            return cond(last)
-        poll(probe, timeout, 0.2,
-             lambda t: f"{what} not seen within {t:.0f}s; recorded:\n"
-                       + "\n".join(map(str, last)), self.pm.guest.time_scale)
-        return last
+        return self._poll(self.events, cond, timeout, what,
+                          lambda evs: "recorded:\n" + "\n".join(map(str, evs)))
 
     def wait_counts(self, cond, timeout: float = 30, what: str = "counts") -> dict[int, int]:
         """Poll the counters map alone until cond(counts) is true; the
         counts then. For waits on many connections: the events ring is
         full then, and reading and decoding its 2,048 slots takes seconds
         under TCG where the counters take milliseconds."""
-        last: dict[int, int] = {}
+        return self._poll(self.counts, cond, timeout, what,
+                          lambda counts: "counters: " + ", ".join(
+                              f"{OPS.get(k - 1, 'all') if k else 'all'} {v}"
+                              for k, v in sorted(counts.items()) if v))
+
+    def _poll(self, read, cond, timeout: float, what: str, show):
+        """read() until cond(what it read) is true; that reading. On timeout
+        the failure shows the last reading through show()."""
+        last = None
 
         def probe():
             nonlocal last
-            last = self.counts()
+            last = read()
             return cond(last)
-        poll(probe, timeout, 0.2, lambda t: f"{what} not seen within {t:.0f}s; counters: "
-             + ", ".join(f"{OPS.get(k - 1, 'all') if k else 'all'} {v}"
-                         for k, v in sorted(last.items()) if v),
+        poll(probe, timeout, 0.2, lambda t: f"{what} not seen within {t:.0f}s; " + show(last),
              self.pm.guest.time_scale)
         return last
-
 
 def count(evs: list[Event], op: str, token: str | None = None) -> int:
     return sum(1 for e in evs if e.op == op and (token is None or e.loc_token == token))

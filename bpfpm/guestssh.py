@@ -232,7 +232,9 @@ def forwarded_port(qmp: str, deadline: float) -> int:
 
 
 def qemu_opts(pidfile: Path, qmp: str) -> str:
-    """vng --qemu-opts: pid file, QMP socket, the NIC with the forward."""
+    """vng --qemu-opts: pid file, QMP socket, the NIC with the forward
+    (and without its PXE option ROM, which nothing boots from: the kernel
+    comes by -kernel)."""
     if " " in str(pidfile):
         raise BpfpmError(f"{pidfile}: vng splits --qemu-opts on spaces; use a results "
                          "directory without spaces (BPFPM_RESULTS)")

@@ -9,6 +9,7 @@ guest (prog load + pinmaps, cgroup attach sock_ops), through the agent.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import subprocess
@@ -69,6 +70,13 @@ def build_all(kernel: KernelBuild) -> dict[str, Path | BpfpmError]:
     return out
 
 
+@functools.cache
+def _digest(vmlinux: Path) -> bytes:
+    """vmlinux.h's digest, read once per process: build_all asks build()
+    for one PM at a time, and the file (4 MB) never changes once written."""
+    return hashlib.sha256(vmlinux.read_bytes()).digest()
+
+
 def build(kernel: KernelBuild, names: list[str] | None = None) -> dict[str, Path]:
     """Compile the PMs (all by default); returns name -> object path.
     An object is named by what it is built from: its source, the headers,
@@ -78,7 +86,7 @@ def build(kernel: KernelBuild, names: list[str] | None = None) -> dict[str, Path
     path."""
     vmlinux = vmlinux_h(kernel)
     inc = vmlinux.parent
-    types = hashlib.sha256(vmlinux.read_bytes()).digest()
+    types = _digest(vmlinux)
     headers = sorted(PMS_DIR.glob("*.h"))
     objs = {}
     for name in names or available():
@@ -91,14 +99,13 @@ def build(kernel: KernelBuild, names: list[str] | None = None) -> dict[str, Path
         h.update(" ".join(CFLAGS).encode())
         h.update(types)
         obj = inc / f"{name}.{h.hexdigest()[:12]}.bpf.o"
+        tmp = obj.with_name(f".{obj.name}.{os.getpid()}")
         same = None if obj.exists() else next(inc.parent.glob(f"*/{obj.name}"), None)
         if same is not None:
-            tmp = obj.with_name(f".{obj.name}.{os.getpid()}")
             with contextlib.suppress(FileNotFoundError):   # pruned meanwhile: built below
                 os.link(same, tmp)
                 os.replace(tmp, obj)
         if not obj.exists():
-            tmp = obj.with_name(f".{obj.name}.{os.getpid()}")
             argv = ["clang", *CFLAGS, f"-I{inc}", f"-I{PMS_DIR}", "-c", str(src),
                     "-o", str(tmp)]
             r = subprocess.run(argv, capture_output=True, text=True)
