@@ -97,6 +97,15 @@ def _h(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
+# What every kernel compile gets beyond kbuild's own flags. -g without
+# variable-location tracking: BTF takes types and prototypes from DWARF, not
+# where a variable lives at each instruction, and that tracking was about
+# all of what -g costs (measured here: kernel/bpf/verifier.c 5.1 s -> 4.3 s,
+# -g0 4.2 s). The line tables that stack traces and addr2line use stay.
+# Upstream's DEBUG_INFO_REDUCED does the same, but BTF depends on it being off.
+KCFLAGS = "-fno-var-tracking"
+
+
 def toolchain_id() -> str:
     try:
         out = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout
@@ -120,12 +129,17 @@ def BuildLock():
 
 def make_env() -> dict[str, str]:
     """Environment for make in a kernel tree: ccache in the cache dir and
-    reproducible build identifiers."""
+    reproducible build identifiers. ccache in depend mode: a miss runs the
+    compiler once and takes the included files from the .d file kbuild asks
+    for anyway; in its default mode a miss runs the preprocessor first to
+    make the key, which cost 15-25 % more per compile on a cold build
+    (kernel/sched/core.c: 2.4 s plain, 2.8 s through ccache, 2.4 s in
+    depend mode). Hits are found as before, by the direct-mode manifest."""
     c = cache_dir()
     env = dict(os.environ)
     env.update(CCACHE_DIR=str(c / "ccache"), CCACHE_BASEDIR=str(c),
                CCACHE_NOHASHDIR="1", CCACHE_MAXSIZE=env.get("CCACHE_MAXSIZE", "8G"),
-               CCACHE_COMPILERCHECK="content",
+               CCACHE_COMPILERCHECK="content", CCACHE_DEPEND="1",
                KBUILD_BUILD_TIMESTAMP="bpfpm", KBUILD_BUILD_USER="bpfpm",
                KBUILD_BUILD_HOST="bpfpm", LC_ALL="C")
     return env
@@ -275,7 +289,7 @@ def make(src: Path, build: Path, targets: list[str], logf, total_hint: int,
     disk."""
     jobs = os.environ.get("BPFPM_JOBS", str(os.cpu_count() or 1))
     argv = ["make", "-C", str(src), f"O={build}", f"-j{jobs}",
-            "CC=ccache gcc", "HOSTCC=ccache gcc", *targets]
+            "CC=ccache gcc", "HOSTCC=ccache gcc", f"KCFLAGS={KCFLAGS}", *targets]
     return _run_make(argv, logf, total_hint, keep_fds)
 
 
@@ -407,7 +421,8 @@ def _build_in_place(src: source.KernelSource, series: list[Path], key: str, debu
             "source_ident": src.ident,
             "patches": [p.name for p in series], "patched_files": applied,
             "series_key": skey, "config_key": ckey, "debug": debug,
-            "toolchain": toolchain_id(), "steps": max(steps, prev.get("steps", 0)),
+            "toolchain": toolchain_id(), "kcflags": KCFLAGS,
+            "steps": max(steps, prev.get("steps", 0)),
             "seconds": round(elapsed, 1), "log": str(logfile)}
     with cache.disk_errors(f"writing {stamp}"):
         cache.atomic_write(stamp, json.dumps(info, indent=2))
@@ -423,7 +438,7 @@ def _inputs(debug: bool | None, patched: bool):
     with cache.disk_errors("reading the patch series and config fragments"):
         series = patches.series() if patched else []
         key = _h(src.ident, patches.series_key(series), kconfig.config_key(debug),
-                 toolchain_id())
+                 toolchain_id(), KCFLAGS)
     return src, series, key, debug
 
 

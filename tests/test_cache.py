@@ -42,7 +42,7 @@ def fake_source(tmp_path, monkeypatch):
     monkeypatch.setattr(patches, "series", lambda: [])
     monkeypatch.setattr(kconfig, "config_key", lambda debug: "cfg")
     monkeypatch.setattr(build, "toolchain_id", lambda: "gcc-test")
-    return build._h(src.ident, patches.series_key([]), "cfg", "gcc-test")
+    return build._h(src.ident, patches.series_key([]), "cfg", "gcc-test", build.KCFLAGS)
 
 
 def no_build(*a, **kw):

@@ -13,31 +13,29 @@ also while an op runs: the host tells a frozen guest from a slow op by it.
 
 from __future__ import annotations
 
-import base64
 import contextlib
+import fcntl
 import functools
 import importlib
 import itertools
 import json
 import os
 import select
-import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
-import traceback
-from pathlib import Path
 
 
 class _Deferred:
     """A module imported at its first use. The netlink modules (pyroute2)
     take about 2 s to import under TCG, the topology's dataclasses and
-    libbpf's ctypes about 0.3 s: the agent answers before they are in, and
-    a thread imports them meanwhile (warm_up); an op that needs one first
-    waits for that import to finish (Python's import lock)."""
+    libbpf's ctypes about 0.3 s, and even the standard modules the first
+    reply does not need (subprocess, pathlib, ...) about 0.2 s together:
+    the agent answers before they are in, and a thread imports them
+    meanwhile (warm_up); an op that needs one first waits for that import
+    to finish (Python's import lock)."""
 
     def __init__(self, name: str):
         self._name = name
@@ -46,6 +44,11 @@ class _Deferred:
         return getattr(importlib.import_module(self._name), attr)
 
 
+base64 = _Deferred("base64")
+pathlib = _Deferred("pathlib")
+shutil = _Deferred("shutil")
+subprocess = _Deferred("subprocess")
+traceback = _Deferred("traceback")
 mptcp = _Deferred("bpfpm.guest.mptcp")
 netns = _Deferred("bpfpm.guest.netns")
 bpf = _Deferred("bpfpm.guest.bpf")
@@ -53,10 +56,11 @@ topology = _Deferred("bpfpm.topology")
 
 
 def warm_up() -> None:
-    for m in (topology, bpf, mptcp, netns):
+    for m in (subprocess, pathlib, shutil, traceback, base64, topology, bpf, mptcp, netns):
         importlib.import_module(m._name)
 
-WORK = Path(os.environ.get("BPFPM_GUEST_WORK", "/tmp/bpfpm"))
+
+WORK = os.environ.get("BPFPM_GUEST_WORK", "/tmp/bpfpm")
 HEARTBEAT = 1.0
 CONN: socket.socket | None = None    # the host's connection (listen)
 
@@ -73,7 +77,7 @@ class Procs:
         a module of FORKED is forked from this agent instead: a new Python
         under TCG takes about 1.4 s to get there, a fork a few ms."""
         h = next(self.ids)
-        d = WORK / f"p{h}"
+        d = pathlib.Path(WORK, f"p{h}")
         d.mkdir(parents=True, exist_ok=True)
         files = {k: str(d / v) for k, v in files.items()}
         argv = [a.format(**files) for a in argv]
@@ -148,6 +152,7 @@ class Forked:
         rc = 1
         try:
             os.setsid()
+            SHELL.forget()
             if CONN is not None:
                 # the host must see the agent's end when the agent ends,
                 # not when the last fork of it does
@@ -198,23 +203,62 @@ def bash_quote(text: str) -> str:
     return "$'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 
 
+class _Job:
+    """A job bash forked ahead of its command: it sources the command from
+    a pipe of this agent (`. /proc/<agent>/fd/N`, which bash reads to its
+    end in blocks) and writes to two more. The pipes are this agent's until
+    the job has ended: bash opens them by their /proc path whenever the job
+    gets there."""
+
+    def __init__(self):
+        self.cmd_r, self.cmd_w = os.pipe()
+        self.out_r, self.out_w = os.pipe()
+        self.err_r, self.err_w = os.pipe()
+        self.pid: int | None = None     # bash says it when it has forked
+
+    def line(self) -> str:
+        me = os.getpid()
+        return (f"{{ . /proc/{me}/fd/{self.cmd_r}; }} </dev/null "
+                f">/proc/{me}/fd/{self.out_w} 2>/proc/{me}/fd/{self.err_w} & "
+                "echo $!; wait $!; echo $?\n")
+
+    def give(self, cmd: str) -> None:
+        """The command, and its end: the job reads to end of file."""
+        data = cmd.encode()
+        if len(data) > 65536:           # written whole before the job reads
+            fcntl.fcntl(self.cmd_w, fcntl.F_SETPIPE_SZ, len(data))
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.cmd_w, view):]
+        os.close(self.cmd_w)
+        self.cmd_w = -1
+
+    def close(self) -> None:
+        for fd in (self.cmd_r, self.cmd_w, self.out_r, self.out_w, self.err_r, self.err_w):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
 class Shell:
     """Shell commands as jobs of one long-lived bash.
 
-    Starting a bash under TCG takes 40-60 ms, even /bin/true 35 ms; the
-    fork of a running bash about 5. Each command is sent inline (one
-    quoted word, eval'ed) as a job of its own (`set -m`: its own process
-    group), stdin /dev/null, stdout and stderr the write ends of two pipes
-    of this agent, which bash opens through /proc/<agent>/fd/. bash says
-    the job's pid and then its status on its stdout, which nothing else
-    writes to; the pipes are read meanwhile. Once the status is in, what
-    the job wrote is in the pipes: a background process it left holding
-    them does not hold up the reply. On timeout the job's process group is
-    killed. A shell that died is started again at the next command."""
+    Starting a bash under TCG takes 40-60 ms, even /bin/true 35 ms, and the
+    fork of a running bash about 5 ms, more than the rest of a command's
+    round trip. So bash forks each job ahead of time, after the previous
+    command's reply (_Job): a command is written to the waiting job and is
+    run at once. Each job is a job of its own (`set -m`: its own process
+    group), stdin /dev/null. bash says the job's pid and then its status on
+    its stdout, which nothing else writes to; the job's pipes are read
+    meanwhile. Once the status is in, what the job wrote is in the pipes: a
+    background process it left holding them does not hold up the reply. On
+    timeout the job's process group is killed. A shell that died is started
+    again at the next command."""
 
     def __init__(self):
         self.p: subprocess.Popen | None = None
         self.buf = b""
+        self.job: _Job | None = None     # forked, waiting for its command
 
     def _start(self) -> None:
         self.p = subprocess.Popen(["bash", "--norc", "--noprofile"], stdin=subprocess.PIPE,
@@ -256,40 +300,51 @@ class Shell:
         line, self.buf = self.buf.split(b"\n", 1)
         return line.decode()
 
-    def _launch(self, line: str, deadline: float) -> int:
-        """Send a job, return its pid; a shell found dead is started again."""
+    def _fork_next(self) -> None:
+        """Have bash fork the next job; its pid is read with its command."""
+        self.job = _Job()
+        try:
+            self._send(self.job.line())
+        except OSError:
+            self._drop()
+
+    def _ready_job(self, deadline: float) -> _Job:
+        """The job forked for this command, its pid known; a shell found
+        dead is started again."""
         for attempt in (1, 2):
-            if self.p is None or self.p.poll() is not None:
-                self._start()
             try:
-                self._send(line)
+                if self.p is None or self.p.poll() is not None:
+                    self._drop()
+                    self._start()
+                if self.job is None:
+                    self._fork_next()
+                if self.job is None:
+                    raise RuntimeError("the agent's shell took no job")
                 pid = self._line(deadline)
             except (OSError, RuntimeError):
-                self.p = None
+                self._drop()
                 if attempt == 2:
                     raise
                 continue
             if pid:
-                return int(pid)
+                self.job.pid = int(pid)
+                return self.job
             raise RuntimeError("the agent's shell did not start the command")
         raise AssertionError("unreachable")
 
     def run(self, cmd: str, timeout: float) -> dict:
         t0 = time.monotonic()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        chunks: dict[int, list] = {out_r: [], err_r: []}
+        job = self._ready_job(t0 + 30)
+        self.job = None
+        chunks: dict[int, list] = {job.out_r: [], job.err_r: []}
         pipes = dict(chunks)
-        me = os.getpid()
         try:
-            pid = self._launch(f"{{ eval {bash_quote(cmd)}; }} </dev/null "
-                               f">/proc/{me}/fd/{out_w} 2>/proc/{me}/fd/{err_w} & "
-                               "echo $!; wait $!; echo $?\n", t0 + 30)
+            job.give(cmd)
             status = self._line(t0 + timeout, pipes)
             timed_out = status is None
             if timed_out:
                 try:
-                    os.killpg(pid, signal.SIGKILL)
+                    os.killpg(job.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
                 if self._line(time.monotonic() + 10, pipes) is None:
@@ -301,14 +356,26 @@ class Shell:
                     while chunk := os.read(fd, 65536):
                         chunks[fd].append(chunk)
             return {"rc": -signal.SIGKILL if timed_out else int(status),
-                    "stdout": b"".join(chunks[out_r]).decode(errors="replace"),
-                    "stderr": b"".join(chunks[err_r]).decode(errors="replace"),
+                    "stdout": b"".join(chunks[job.out_r]).decode(errors="replace"),
+                    "stderr": b"".join(chunks[job.err_r]).decode(errors="replace"),
                     "timed_out": timed_out, "seconds": time.monotonic() - t0}
         finally:
-            for fd in (out_r, out_w, err_r, err_w):
-                os.close(fd)
+            job.close()
+            if self.p is not None:
+                self._fork_next()    # while the reply goes out
+
+    def _drop(self) -> None:
+        if self.job is not None:
+            self.job.close()
+            self.job = None
+
+    def forget(self) -> None:
+        """In a fork of the agent: let go of the waiting job's pipes, or
+        the job would never see its command's end."""
+        self._drop()
 
     def stop(self) -> None:
+        self._drop()
         if self.p is not None and self.p.poll() is None:
             os.killpg(self.p.pid, signal.SIGKILL)
             self.p.wait()
@@ -529,7 +596,7 @@ def op_xfer_client(ns: str, addr: str, port: int, nbytes: int = 8 << 20, seed: i
 
 def op_xfer_release(handle: int) -> None:
     """Let a held client connection (hold=True) close."""
-    Path(PROCS.get(handle)["files"]["release"]).touch()
+    pathlib.Path(PROCS.get(handle)["files"]["release"]).touch()
 
 
 @after_captures
@@ -696,7 +763,7 @@ def listen(port: int) -> None:
 
 
 def serve(inp=sys.stdin, out=sys.stdout) -> None:
-    WORK.mkdir(parents=True, exist_ok=True)
+    os.makedirs(WORK, exist_ok=True)
     w = Writer(out)
     op_kmsg("bpfpm: agent ready")       # for the boot timeline (benchfw)
     w.send({"ready": True, "ops": sorted(OPS), "pid": os.getpid()})
