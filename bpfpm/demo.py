@@ -45,7 +45,7 @@ def main(a) -> int:
     c = res.client
     print(f"\nconnection token {c['conn'].get('token')}  pm={pm}-fullmesh  "
           f"{'FALLBACK to TCP' if res.fallback else 'MPTCP'}  "
-          f"{c['bytes']} bytes in {c['seconds']}s; sha256 {c['sha256'][:16]}... "
+          f"{c['bytes']} bytes in {c['seconds']}s; BLAKE2b {c['digest'][:16]}... "
           "verified by both ends")
     print(res.table())
     print(f"expected pairs: {len(mesh.expected_pairs())}, seen: {len(res.pairs())}")

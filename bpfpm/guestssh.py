@@ -63,6 +63,11 @@ StrictModes no
 PidFile none
 """
 
+# what the guest's start scripts say on the console (through /dev/kmsg)
+# when sshd or the agent is gone while the kernel runs on (vm.VM._diagnose)
+SSHD_EXITED = "bpfpm: the guest's sshd exited"
+AGENT_EXITED = "bpfpm: the guest agent exited with status"
+
 # what sshd -e writes on the console (the guest's stderr) once it listens
 SSHD_LISTENING = f"Server listening on {GUEST_ADDR} port 22.".encode()
 
@@ -92,7 +97,7 @@ echo "bpfpm: sshd starting" > /dev/kmsg
 # not exec: the guest must outlive sshd (a killed sshd is a lost channel,
 # and the kernel log should say so, not a powered-off guest)
 /usr/sbin/sshd -D -e -r -f {GUEST_DIR}/sshd_config || true
-echo "bpfpm: the guest's sshd exited" > /dev/kmsg
+echo "{SSHD_EXITED}" > /dev/kmsg
 exec sleep infinity
 """
 

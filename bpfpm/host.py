@@ -47,10 +47,13 @@ def test_jobs() -> int:
 
 
 def guest_cpus() -> int:
-    """vCPUs per guest: 2, or under `JOBS=N` (pytest-xdist) the host's cores
-    shared among the N guests. Under TCG a vCPU is a host thread that runs
-    flat out: measured here, two 2-vCPU guests on 2 cores booted in 12-15 s
-    instead of 6-7 s, and the suite took longer than serially."""
+    """vCPUs per guest: BPFPM_VCPUS, else 2, or under `JOBS=N` (pytest-xdist)
+    the host's cores shared among the N guests. Under TCG a vCPU is a host
+    thread that runs flat out: measured here, two 2-vCPU guests on 2 cores
+    booted in 12-15 s instead of 6-7 s, and the suite took longer than
+    serially."""
+    if os.environ.get("BPFPM_VCPUS"):
+        return int(os.environ["BPFPM_VCPUS"])
     return guest_cpus_for(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1))
 
 

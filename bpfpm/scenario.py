@@ -58,9 +58,9 @@ class TransferResult:
         c, s = self.client, self.server
         assert c["bytes"] == self.nbytes, f"client sent {c['bytes']} of {self.nbytes} bytes"
         assert s["bytes"] == self.nbytes, f"server received {s['bytes']} of {self.nbytes} bytes"
-        assert s["sha256"] == c["sha256"], (
-            f"data corrupted: client sha256 {c['sha256']}, server {s['sha256']}")
-        assert c["ok"] and c["server_sha256"] == c["sha256"], \
+        assert s["digest"] == c["digest"], (
+            f"data corrupted: client's digest {c['digest']}, server's {s['digest']}")
+        assert c["ok"] and c["server_digest"] == c["digest"], \
             "client did not get the server's matching digest back"
 
     @property

@@ -209,7 +209,7 @@ class VM:
             f"python -S -m bpfpm.guest.agent --listen {guestssh.AGENT_PORT} "
             f"2>>{q(str(self.agent_stderr))}\n"
             "rc=$?\n"
-            'echo "bpfpm: the guest agent exited with status $rc" > /dev/kmsg\n'
+            f'echo "{guestssh.AGENT_EXITED} $rc" > /dev/kmsg\n'
             f"echo $rc > {q(str(self.agent_status))}\n")
 
     def _vng_env(self) -> dict[str, str]:
@@ -404,21 +404,25 @@ class VM:
             return GuestFrozen(f"{e}; {state}; QEMU killed. Console tail:\n"
                                f"{self.console_tail()}\nfull console: {self.console_log}")
         # A panicked guest reboots and QEMU exits (panic=-1, -no-reboot): once
-        # vng is gone, the console holds the guest's last words. A guest
-        # that lost only its channel keeps running: 5 s tell the two apart.
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
+        # vng is gone, the console holds the guest's last words. A guest that
+        # lost only its channel runs on, and says on the console which part
+        # went away (the start script's marks): whichever comes first, or 5 s.
+        deadline = time.monotonic() + 5
+        part = ""
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            part = self._part_exited()
+            if part:
+                break
+            time.sleep(0.05)
         exited = self.proc.poll() is not None or \
             (qemu is not None and not host.pid_running(qemu))
         state = qemu_state(qemu)
-        panic = _panic_line(self.console_log, self._console_at_boot)
+        # once vng, which writes the console, is gone too, the console is
+        # whole: a panic is in it or there was none
         deadline = time.monotonic() + 3
-        while exited and "no panic line" in panic and time.monotonic() < deadline:
-            # QEMU's last console writes can land after its sockets closed
-            time.sleep(0.1)
-            panic = _panic_line(self.console_log, self._console_at_boot)
+        while exited and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        panic = _panic_line(self.console_log, self._console_at_boot)
         self.kill()
         tail = f"console tail:\n{self.console_tail()}\nfull console: {self.console_log}"
         if "no panic line" not in panic:
@@ -426,8 +430,23 @@ class VM:
         if exited:
             return QemuExited(f"guest {self.name}: {state} with no kernel panic (killed "
                               f"from outside? the host's OOM killer?); {tail}")
-        return ChannelLost(f"{e}; {state}; the guest kernel did not crash (sshd or the "
-                           f"agent went away); QEMU killed. Console: {self.console_log}")
+        return ChannelLost(f"{e}; {state}; the guest kernel did not crash "
+                           f"({part or 'sshd or the agent went away'}); QEMU killed. "
+                           f"Console: {self.console_log}")
+
+    def _part_exited(self) -> str:
+        """The console's line saying that sshd or the agent exited in this
+        boot, or ''."""
+        try:
+            with open(self.console_log, "rb") as f:
+                f.seek(self._console_at_boot)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        for line in text.splitlines():
+            if guestssh.SSHD_EXITED in line or guestssh.AGENT_EXITED in line:
+                return line.split("] ", 1)[-1].strip()
+        return ""
 
     def call(self, op: str, _timeout: float = 120, **args):
         return self._guarded(self.channel.call, op, _timeout=_timeout, **args)

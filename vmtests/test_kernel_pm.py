@@ -1,6 +1,6 @@
 """Baseline: the upstream in-kernel path manager on multi-link topologies.
 
-Every scenario moves 8 MiB client -> server and checks the sha256 on both
+Every scenario moves 8 MiB client -> server and checks its digest on both
 ends. Links are rate-limited (HTB) so that the transfer lasts long enough
 for mid-transfer events and so that every subflow has to carry data.
 """

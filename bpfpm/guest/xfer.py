@@ -1,10 +1,14 @@
 """Checksummed bulk transfer over MPTCP (or TCP), one connection each.
 
-  server: accept, read to EOF hashing, send the 32-byte sha256 back.
+  server: accept, read to EOF hashing, send the 32-byte digest back.
   client: send N deterministic pseudo-random bytes, half-close, compare the
           server's digest with its own.
 Both write a JSON report; the client also keeps a progress file and a record
 of every subflow it saw, sampled while sending.
+
+The digest is BLAKE2b-256: it catches a lost, duplicated or misplaced byte
+as SHA-256 would, and under TCG it hashes 8 MiB in 70 ms where SHA-256 takes
+330 ms, on each end of every transfer, on the vCPUs the transfer runs on.
 
 Run inside a netns: `ip netns exec NS python -m bpfpm.guest.xfer ...`.
 """
@@ -25,6 +29,11 @@ from . import mptcpinfo
 
 IPPROTO_MPTCP = 262
 CHUNK = 64 * 1024
+
+
+def digest():
+    """The transfer's digest (see the module's doc)."""
+    return hashlib.blake2b(digest_size=32)
 
 
 def _proto(name: str) -> int:
@@ -48,7 +57,7 @@ def server(a) -> int:
     reports = []
     for _ in range(a.count):
         conn, peer = ls.accept()
-        h = hashlib.sha256()
+        h = digest()
         n = 0
         seen: dict = {}
         next_sample = 0
@@ -73,7 +82,7 @@ def server(a) -> int:
         except (BrokenPipeError, ConnectionResetError):
             pass
         conn.close()
-        reports.append({"peer": list(peer[:2]), "bytes": n, "sha256": h.hexdigest(),
+        reports.append({"peer": list(peer[:2]), "bytes": n, "digest": h.hexdigest(),
                         "seconds": round(time.monotonic() - t0, 3), "conn": info,
                         "subflows_final": final, "subflows_seen": list(seen.values())})
     ls.close()
@@ -135,7 +144,7 @@ def client(a) -> int:
         _disconnect(s)
     s.connect((a.addr, a.port))
     rnd = random.Random(a.seed)
-    h = hashlib.sha256()
+    h = digest()
     sent = 0
     seen: dict = {}
     next_sample = 0
@@ -162,24 +171,24 @@ def client(a) -> int:
     final = mptcpinfo.subflows(s)
     mptcpinfo.merge_seen(seen, final)
     s.shutdown(socket.SHUT_WR)
-    digest = b""
-    while len(digest) < 32:
-        d = s.recv(32 - len(digest))
+    got = b""
+    while len(got) < 32:
+        d = s.recv(32 - len(got))
         if not d:
             break
-        digest += d
+        got += d
     mptcpinfo.merge_seen(seen, mptcpinfo.subflows(s))
     info = mptcpinfo.connection(s)
     info["token_at_connect"] = info_early.get("token")
     s.close()
-    ok = digest == h.digest()
+    ok = got == h.digest()
     _progress(a.progress, sent, a.bytes)
-    _write_json(a.report, {"bytes": sent, "sha256": h.hexdigest(),
-                           "server_sha256": digest.hex(), "ok": ok,
+    _write_json(a.report, {"bytes": sent, "digest": h.hexdigest(),
+                           "server_digest": got.hex(), "ok": ok,
                            "seconds": round(time.monotonic() - t0, 3), "conn": info,
                            "subflows_final": final, "subflows_seen": list(seen.values())})
     if not ok:
-        print(f"checksum mismatch: sent {h.hexdigest()}, server saw {digest.hex()}",
+        print(f"checksum mismatch: sent {h.hexdigest()}, server saw {got.hex()}",
               file=sys.stderr)
         return 1
     return 0
