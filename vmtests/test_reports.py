@@ -14,32 +14,50 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from bpfpm import kcidb
+from bpfpm import cache, kcidb, results
 from bpfpm.paths import ROOT
 
-pytestmark = pytest.mark.vm
+# its tests share one inner run (inner_run, module scope): under xdist one
+# worker takes them all, or each worker would make that run again (45 s)
+pytestmark = [pytest.mark.vm, pytest.mark.xdist_group("inner-run")]
 
 FAILING = "vmtests/evidence/scenarios.py::test_fails_after_a_transfer"
 PASSING = "vmtests/evidence/scenarios.py::test_passes_after_a_transfer"
 RERUN = "vmtests/evidence/scenarios.py::test_passes_on_a_fresh_guest_after_losing_its_channel"
 
 
-def bpfpm_test(results, *args, **env_extra):
-    """A `bpfpm test` of its own, results under `results`: (process, run, records)."""
+def bpfpm_test(under, *args, **env_extra):
+    """A `bpfpm test` of its own, results under `under`: (process, run, records)."""
     env = {k: v for k, v in os.environ.items() if k != "BPFPM_RUN_DIR"}
-    env.update(BPFPM_RESULTS=str(results), **env_extra)
+    env.update(BPFPM_RESULTS=str(under), **env_extra)
     p = subprocess.run([sys.executable, "-m", "bpfpm.cli", "test", "-p", "no:cacheprovider",
                         *args], cwd=ROOT, env=env,
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
-    run = (results / "latest").resolve()
+    return p, *_read_run(under)
+
+
+def _read_run(under):
+    """The run directory `bpfpm test` left under `under`, and its records."""
+    run = (under / "latest").resolve()
     recs = {r["nodeid"]: r for r in map(json.loads, (run / "tests.jsonl").read_text()
                                          .splitlines())}
-    return p, run, recs
+    return run, recs
 
 
 @pytest.fixture(scope="module")
-def inner_run(kernel, tmp_path_factory):
-    return bpfpm_test(tmp_path_factory.mktemp("inner"), "vmtests/evidence/scenarios.py")
+def inner_run(kernel):
+    """One inner run for the whole outer run: under xdist the first worker
+    to need it makes it (45 s) and the others read what it left."""
+    shared = results.run_root() / "inner-run"
+    with cache.flock(results.run_root() / "inner-run.lock", "waiting for the inner run"):
+        proc = shared / "process.json"
+        if not proc.exists():
+            shared.mkdir(exist_ok=True)
+            p, _, _ = bpfpm_test(shared, "vmtests/evidence/scenarios.py")
+            proc.write_text(json.dumps({"args": p.args, "returncode": p.returncode,
+                                        "stdout": p.stdout, "stderr": p.stderr}))
+    p = subprocess.CompletedProcess(**json.loads(proc.read_text()))
+    return p, *_read_run(shared)
 
 
 def test_the_failure_is_a_failure_and_the_pass_a_pass(inner_run):
