@@ -198,11 +198,6 @@ class Forked:
         return self.returncode
 
 
-def bash_quote(text: str) -> str:
-    """text as one bash word, $'...': backslash, quote and newline escaped."""
-    return "$'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
-
-
 class _Job:
     """A job bash forked ahead of its command: it sources the command from
     a pipe of this agent (`. /proc/<agent>/fd/N`, which bash reads to its

@@ -107,8 +107,13 @@ def subflows(sock: socket.socket) -> list[dict]:
 
 
 def merge_seen(seen: dict, current: list[dict]) -> None:
-    """Remember every subflow ever observed, with its largest counters."""
+    """Remember every subflow ever observed, with its largest counters. A
+    subflow read as it closed has its peer's address and port cleared by
+    then: it is one already seen, not another (seen when the client's last
+    reading races the server's close)."""
     for sf in current:
+        if not sf["rport"]:
+            continue
         key = f"{sf['local']}:{sf['lport']}->{sf['remote']}:{sf['rport']}"
         old = seen.get(key)
         if old is None:
