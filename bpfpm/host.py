@@ -55,11 +55,14 @@ def guest_cpus_for(guests: int) -> int:
     """BPFPM_VCPUS if set; else 2 (SMP, where races between CPUs can show),
     or the host's cores shared among `guests`. The suite waits more than it
     computes (one guest used 27 % of this 2-core host): two guests of 2
-    vCPUs each (BPFPM_VCPUS=2 JOBS=2) ran it in 5 min 14 s-5 min 52 s
+    vCPUs each (BPFPM_VCPUS=2 JOBS=2) ran it in 5 min 14 s-6 min 33 s
     against 7 min 30 s for one, but 1 run in 6 lost a timing race there
     that the default must not (see README, JOBS)."""
-    if os.environ.get("BPFPM_VCPUS"):
-        return int(os.environ["BPFPM_VCPUS"])
+    want = os.environ.get("BPFPM_VCPUS", "")
+    if want:
+        if not want.isdigit() or int(want) < 1:
+            raise BpfpmError(f"BPFPM_VCPUS={want}: expected a number of vCPUs (1 or more)")
+        return int(want)
     return max(1, min(2, (os.cpu_count() or 2) // guests))
 
 
