@@ -108,17 +108,22 @@ def precompile() -> None:
     compileall.compile_dir(ROOT / "bpfpm", quiet=1)
 
 
+def _console_line(console: Path, since: int, pattern: str) -> str | None:
+    """The first line of a console log after byte offset `since` that
+    matches `pattern`, stripped; None if none does. OSError if there is no
+    console."""
+    text = console.read_bytes()[since:].decode(errors="replace")
+    return next((line.strip() for line in text.splitlines() if re.search(pattern, line)), None)
+
+
 def _panic_line(console: Path, since: int = 0) -> str:
     """The first Oops/BUG/panic line of a console log after offset `since`,
     for a one-line summary."""
     try:
-        text = console.read_bytes()[since:].decode(errors="replace")   # a byte offset
+        line = _console_line(console, since, r"Oops|BUG:|Kernel panic")
     except OSError:
         return "no panic line in the console (no console)"
-    for line in text.splitlines():
-        if re.search(r"Oops|BUG:|Kernel panic", line):
-            return line.strip()
-    return "no panic line in the console"
+    return line or "no panic line in the console"
 
 
 def qemu_state(pid: int | None) -> str:
@@ -436,17 +441,14 @@ class VM:
 
     def _part_exited(self) -> str:
         """The console's line saying that sshd or the agent exited in this
-        boot, or ''."""
+        boot (without its timestamp), or ''."""
         try:
-            with open(self.console_log, "rb") as f:
-                f.seek(self._console_at_boot)
-                text = f.read().decode(errors="replace")
+            line = _console_line(self.console_log, self._console_at_boot,
+                                 f"{re.escape(guestssh.SSHD_EXITED)}|"
+                                 f"{re.escape(guestssh.AGENT_EXITED)}")
         except OSError:
             return ""
-        for line in text.splitlines():
-            if guestssh.SSHD_EXITED in line or guestssh.AGENT_EXITED in line:
-                return line.split("] ", 1)[-1].strip()
-        return ""
+        return line.split("] ", 1)[-1] if line else ""
 
     def call(self, op: str, _timeout: float = 120, **args):
         return self._guarded(self.channel.call, op, _timeout=_timeout, **args)

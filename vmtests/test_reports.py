@@ -17,9 +17,7 @@ import pytest
 from bpfpm import cache, kcidb, results
 from bpfpm.paths import ROOT
 
-# its tests share one inner run (inner_run, module scope): under xdist one
-# worker takes them all, or each worker would make that run again (45 s)
-pytestmark = [pytest.mark.vm, pytest.mark.xdist_group("inner-run")]
+pytestmark = pytest.mark.vm
 
 FAILING = "vmtests/evidence/scenarios.py::test_fails_after_a_transfer"
 PASSING = "vmtests/evidence/scenarios.py::test_passes_after_a_transfer"
