@@ -50,3 +50,23 @@ def test_the_guest_accounts_take_nothing_from_the_hosts_shadow():
     assert files["passwd"] == ("root:x:0:0:root:/root:/bin/sh\n"
                                "me:x:1000:1000::/home/me:/bin/zsh\n")
     assert files["shadow"] == "root:*:::::::\nme:!:::::::\n"
+
+
+def test_every_way_a_job_ends_gives_its_status_with_jobs_forked_ahead():
+    """The job's EXIT trap says most statuses; bash's wait says the rest
+    (a job that exec'd, dropped or replaced the trap, or was killed)."""
+    sh = Shell()
+    try:
+        cases = {"exit 4": 4, "false": 1, "exec sh -c 'exit 5'": 5, "trap - EXIT; exit 6": 6,
+                 "trap 'echo bye' EXIT; exit 7": 7, "kill -9 $BASHPID": 137,
+                 "(exit 3); x=$(exit 2); echo $?": 0}
+        for cmd, rc in cases.items():
+            assert sh.run(cmd, 10)["rc"] == rc, cmd
+            sh.prepare()            # as the agent does once the reply is out
+            assert len(sh.jobs) == Shell.AHEAD
+        assert sh.run("trap 'echo bye' EXIT; echo hi", 10)["stdout"] == "hi\nbye\n"
+        assert sh.run("sleep 30", 1)["timed_out"]
+        sh.prepare()
+        assert sh.run("echo after", 10)["stdout"] == "after\n"
+    finally:
+        sh.stop()

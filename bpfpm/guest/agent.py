@@ -201,21 +201,23 @@ class Forked:
 class _Job:
     """A job bash forked ahead of its command: it sources the command from
     a pipe of this agent (`. /proc/<agent>/fd/N`, which bash reads to its
-    end in blocks) and writes to two more. The pipes are this agent's until
-    the job has ended: bash opens them by their /proc path whenever the job
-    gets there."""
+    end in blocks) and writes to three more: stdout, stderr, and its exit
+    status, which an EXIT trap writes as the job ends, before the process
+    is torn down. The pipes are this agent's until the job has ended: bash
+    opens them by their /proc path whenever the job gets there."""
 
     def __init__(self):
         self.cmd_r, self.cmd_w = os.pipe()
         self.out_r, self.out_w = os.pipe()
         self.err_r, self.err_w = os.pipe()
+        self.rc_r, self.rc_w = os.pipe()
         self.pid: int | None = None     # bash says it when it has forked
+        self.status: int | None = None  # bash says it when it has waited
 
     def line(self) -> str:
-        me = os.getpid()
-        return (f"{{ . /proc/{me}/fd/{self.cmd_r}; }} </dev/null "
-                f">/proc/{me}/fd/{self.out_w} 2>/proc/{me}/fd/{self.err_w} & "
-                "echo $!; wait $!; echo $?\n")
+        fd = f"/proc/{os.getpid()}/fd"
+        return (f"{{ trap 'echo $? >{fd}/{self.rc_w}' EXIT; . {fd}/{self.cmd_r}; }} "
+                f"</dev/null >{fd}/{self.out_w} 2>{fd}/{self.err_w} & echo $!\n")
 
     def give(self, cmd: str) -> None:
         """The command, and its end: the job reads to end of file."""
@@ -229,7 +231,8 @@ class _Job:
         self.cmd_w = -1
 
     def close(self) -> None:
-        for fd in (self.cmd_r, self.cmd_w, self.out_r, self.out_w, self.err_r, self.err_w):
+        for fd in (self.cmd_r, self.cmd_w, self.out_r, self.out_w, self.err_r, self.err_w,
+                   self.rc_r, self.rc_w):
             if fd >= 0:
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -238,46 +241,66 @@ class _Job:
 class Shell:
     """Shell commands as jobs of one long-lived bash.
 
-    Starting a bash under TCG takes 40-60 ms, even /bin/true 35 ms, and the
-    fork of a running bash about 5 ms, more than the rest of a command's
-    round trip. So bash forks each job ahead of time, after the previous
-    command's reply (_Job): a command is written to the waiting job and is
-    run at once. Each job is a job of its own (`set -m`: its own process
-    group), stdin /dev/null. bash says the job's pid and then its status on
-    its stdout, which nothing else writes to; the job's pipes are read
-    meanwhile. Once the status is in, what the job wrote is in the pipes: a
-    background process it left holding them does not hold up the reply. On
-    timeout the job's process group is killed. A shell that died is started
-    again at the next command."""
+    Starting a bash under TCG takes 40-60 ms, even /bin/true 35-50 ms, and
+    the fork of a running bash about 5 ms, more than the rest of a
+    command's round trip. So bash forks jobs ahead of their commands
+    (_Job), two at a time, once the previous reply is out (prepare()): a
+    command is written to the oldest waiting job and runs at once. The
+    job's EXIT trap says its status as it ends, ahead of its teardown and
+    of bash's wait; bash's own word (`wait PID; echo $?`) counts where the
+    trap could not speak (a job killed, or one that exec'd or set its own
+    EXIT trap). Each job is a job of its own (`set -m`: its own process
+    group), stdin /dev/null. bash writes the jobs' pids and waited
+    statuses on its stdout, which nothing else writes to, in the order it
+    was asked for them. Once the status is in, what the job wrote is in
+    the pipes: a background process it left holding them does not hold up
+    the reply. On timeout the job's process group is killed. A shell that
+    died is started again at the next command."""
+
+    AHEAD = 2       # jobs forked ahead: back-to-back commands find one ready
 
     def __init__(self):
         self.p: subprocess.Popen | None = None
         self.buf = b""
-        self.job: _Job | None = None     # forked, waiting for its command
+        self.jobs: list[_Job] = []      # forked (or being forked), waiting for a command
+        self.ended: list[_Job] = []     # run, their pipes still open
+        self.asked: list[tuple[str, _Job]] = []     # bash's next lines: ("pid"|"status", job)
 
     def _start(self) -> None:
         self.p = subprocess.Popen(["bash", "--norc", "--noprofile"], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                   start_new_session=True)
         self.buf = b""
+        self.asked = []
         self._send("set -m\n")
 
     def _send(self, text: str) -> None:
         self.p.stdin.write(text.encode())
         self.p.stdin.flush()
 
-    def _line(self, deadline: float, pipes: dict[int, list] | None = None) -> str | None:
-        """bash's next line, None at the deadline; raises if bash died.
-        Reads the job's `pipes` (fd -> chunks) meanwhile."""
+    def _ask(self, what: str, job: _Job) -> None:
+        if what == "pid":
+            self._send(job.line())
+        else:
+            self._send(f"wait {job.pid}; echo $?\n")
+        self.asked.append((what, job))
+
+    def _read(self, until, deadline: float, pipes: dict[int, list] | None = None) -> bool:
+        """Read bash's lines (and the job's `pipes`, fd -> chunks) until
+        until() holds; False at the deadline. Raises if bash died."""
         fd = self.p.stdout.fileno()
-        pipes = pipes or {}
-        while b"\n" not in self.buf:
+        pipes = pipes if pipes is not None else {}
+        while not until():
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                what, job = self.asked.pop(0)
+                setattr(job, what, int(line))
+                if until():
+                    return True
             left = deadline - time.monotonic()
             if left <= 0:
-                return None
+                return False
             ready = select.select([fd, *pipes], [], [], left)[0]
-            if not ready:
-                return None
             for r in ready:
                 if r != fd:
                     chunk = os.read(r, 65536)
@@ -292,81 +315,96 @@ class Shell:
                     self.p = None
                     raise RuntimeError("the agent's shell exited under a command")
                 self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line.decode()
+        return True
 
-    def _fork_next(self) -> None:
-        """Have bash fork the next job; its pid is read with its command."""
-        self.job = _Job()
+    def prepare(self) -> None:
+        """Have bash fork the jobs for the next commands (called once a
+        reply is out: the forks overlap its way to the host), and close
+        the pipes of the jobs that ran."""
+        for job in self.ended:
+            job.close()
+        self.ended = []
         try:
-            self._send(self.job.line())
+            while self.p is not None and len(self.jobs) < self.AHEAD:
+                self.jobs.append(_Job())
+                self._ask("pid", self.jobs[-1])
         except OSError:
-            self._drop()
+            self.stop()
 
     def _ready_job(self, deadline: float) -> _Job:
-        """The job forked for this command, its pid known; a shell found
-        dead is started again."""
+        """The oldest job forked ahead, its pid known; a shell found dead
+        is started again."""
         for attempt in (1, 2):
             try:
                 if self.p is None or self.p.poll() is not None:
-                    self._drop()
+                    self.stop()
                     self._start()
-                if self.job is None:
-                    self._fork_next()
-                if self.job is None:
-                    raise RuntimeError("the agent's shell took no job")
-                pid = self._line(deadline)
-            except (OSError, RuntimeError):
-                self._drop()
+                if not self.jobs:
+                    self.jobs.append(_Job())
+                    self._ask("pid", self.jobs[0])
+                job = self.jobs[0]
+                if job.pid is None and not self._read(lambda: job.pid is not None, deadline):
+                    raise RuntimeError("the agent's shell did not start the command")
+                return self.jobs.pop(0)
+            except (OSError, RuntimeError, ValueError):
+                self.stop()
                 if attempt == 2:
                     raise
-                continue
-            if pid:
-                self.job.pid = int(pid)
-                return self.job
-            raise RuntimeError("the agent's shell did not start the command")
         raise AssertionError("unreachable")
 
     def run(self, cmd: str, timeout: float) -> dict:
         t0 = time.monotonic()
         job = self._ready_job(t0 + 30)
-        self.job = None
-        chunks: dict[int, list] = {job.out_r: [], job.err_r: []}
+        rc: list[bytes] = []
+        chunks: dict[int, list] = {job.out_r: [], job.err_r: [], job.rc_r: rc}
         pipes = dict(chunks)
         try:
             job.give(cmd)
-            status = self._line(t0 + timeout, pipes)
-            timed_out = status is None
+            self._ask("status", job)
+
+            def ended():
+                return job.status is not None or b"\n" in b"".join(rc)
+
+            timed_out = not self._read(ended, t0 + timeout, pipes)
             if timed_out:
                 try:
                     os.killpg(job.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-                if self._line(time.monotonic() + 10, pipes) is None:
-                    # its status would come in place of the next job's pid
+                if not self._read(lambda: job.status is not None, time.monotonic() + 10,
+                                  pipes):
                     self.stop()
-            for fd in pipes:        # the rest of what the job wrote
-                os.set_blocking(fd, False)
-                with contextlib.suppress(BlockingIOError):
-                    while chunk := os.read(fd, 65536):
-                        chunks[fd].append(chunk)
-            return {"rc": -signal.SIGKILL if timed_out else int(status),
+            while pipes:            # the rest of what the job wrote
+                ready = select.select(list(pipes), [], [], 0)[0]
+                if not ready:
+                    break
+                for fd in ready:
+                    chunk = os.read(fd, 65536)
+                    if chunk:
+                        pipes[fd].append(chunk)
+                    else:
+                        del pipes[fd]
+            said = b"".join(rc).split(b"\n")[0]
+            status = -signal.SIGKILL if timed_out else \
+                int(said) if said.isdigit() else job.status
+            return {"rc": status,
                     "stdout": b"".join(chunks[job.out_r]).decode(errors="replace"),
                     "stderr": b"".join(chunks[job.err_r]).decode(errors="replace"),
                     "timed_out": timed_out, "seconds": time.monotonic() - t0}
+        except OSError:
+            self.stop()
+            raise
         finally:
-            job.close()
-            if self.p is not None:
-                self._fork_next()    # while the reply goes out
+            self.ended.append(job)      # its pipes are closed by prepare()
 
     def _drop(self) -> None:
-        if self.job is not None:
-            self.job.close()
-            self.job = None
+        for job in self.jobs + self.ended:
+            job.close()
+        self.jobs, self.ended = [], []
 
     def forget(self) -> None:
-        """In a fork of the agent: let go of the waiting job's pipes, or
-        the job would never see its command's end."""
+        """In a fork of the agent: let go of the waiting jobs' pipes, or
+        they would never see their command's end."""
         self._drop()
 
     def stop(self) -> None:
@@ -375,6 +413,7 @@ class Shell:
             os.killpg(self.p.pid, signal.SIGKILL)
             self.p.wait()
         self.p = None
+        self.asked = []
 
 
 PROCS = Procs()
@@ -776,6 +815,7 @@ def serve(inp=sys.stdin, out=sys.stdout) -> None:
                         errno=getattr(e, "code", None) or getattr(e, "errno", None),
                         trace=traceback.format_exc()[-3000:])
         w.send(resp)
+        SHELL.prepare()
     PROCS.kill_all()
     SHELL.stop()
 
