@@ -326,10 +326,14 @@ class Shell:
         self.ended = []
         try:
             while self.p is not None and len(self.jobs) < self.AHEAD:
-                self.jobs.append(_Job())
-                self._ask("pid", self.jobs[-1])
+                self._fork_one()
         except OSError:
             self.stop()
+
+    def _fork_one(self) -> None:
+        """Ask bash to fork one more job (it waits for its command)."""
+        self.jobs.append(_Job())
+        self._ask("pid", self.jobs[-1])
 
     def _ready_job(self, deadline: float) -> _Job:
         """The oldest job forked ahead, its pid known; a shell found dead
@@ -340,8 +344,7 @@ class Shell:
                     self.stop()
                     self._start()
                 if not self.jobs:
-                    self.jobs.append(_Job())
-                    self._ask("pid", self.jobs[0])
+                    self._fork_one()
                 job = self.jobs[0]
                 if job.pid is None and not self._read(lambda: job.pid is not None, deadline):
                     raise RuntimeError("the agent's shell did not start the command")
