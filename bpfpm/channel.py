@@ -152,11 +152,7 @@ class Channel:
         self.stderr_file = stderr       # the agent's stderr, written by the guest
         self.status_file = status       # its exit status, written when it exits
         # capped: a frozen guest must fail its test within 60 s, debug or not
-        self.frozen_after = FROZEN_AFTER * min(time_scale, 2.5)
-        # sends too: a frozen guest stops granting SSH window, and sendall
-        # would wait for it forever (the reader never blocks: it recv()s
-        # only what is ready)
-        chan.settimeout(self.frozen_after)
+        self.freeze_threshold(FROZEN_AFTER * min(time_scale, 2.5))
         self._ids = itertools.count(1)
         self._abandoned: dict[int, str] = {}    # calls given up on, by id
         self._cv = threading.Condition()
@@ -170,6 +166,14 @@ class Channel:
         self._reader = threading.Thread(target=self._read, daemon=True,
                                         name=f"channel-{name}")
         self._reader.start()
+
+    def freeze_threshold(self, seconds: float) -> None:
+        """The guest is frozen after `seconds` without a heartbeat. Sends
+        too: a frozen guest stops granting SSH window, and sendall would
+        wait for it forever (the reader never blocks: it recv()s only what
+        is ready)."""
+        self.frozen_after = seconds
+        self.chan.settimeout(seconds)
 
     @classmethod
     def open(cls, transport: paramiko.Transport, port: int, name: str,
