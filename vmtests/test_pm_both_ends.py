@@ -116,6 +116,10 @@ def test_backup_is_made_regular_while_no_primary_is_left_and_backup_again_after(
         smon.wait_for_subflow("SF_PRIO", remote=backup[0], backup=0)
         topo.endpoint("client", primary[0], id=1)
         smon.wait_for_subflow("SF_PRIO", remote=backup[0], backup=1)
+        # the PM sends that MP_PRIO as it opens the new primary, whose join
+        # may complete later: the transfer must not end before it (the
+        # first primary was the initial subflow: no SF_ESTABLISHED event)
+        smon.wait_for_subflow("SF_ESTABLISHED", remote=primary[0])
 
     res = xfer.result
     res.assert_intact()
