@@ -14,7 +14,8 @@ ifdef KERNEL
 export BPFPM_KERNEL := $(KERNEL)
 endif
 RESULTS := $(or $(BPFPM_RESULTS),results)
-# JOBS=N guests at once (default 1: one guest of 2 vCPUs; auto: one per core, 3 GiB
+# JOBS=N guests at once (make test: lanes, the framework's self-tests and the
+# scenarios on two guests of 2 vCPUs; elsewhere 1; auto: one per core, 3 GiB
 # each, the cores shared among them unless BPFPM_VCPUS); SHARD=i/n a CI matrix slice
 SHARDING := $(if $(SHARD),--shard=$(SHARD))
 
@@ -30,7 +31,8 @@ help:
 	@echo "make shell            boot the guest and open an interactive shell"
 	@echo "make demo             build, boot, run a two-link MPTCP transfer, print subflows"
 	@echo "make test             unit tests + VM scenarios (JUnit in results/latest/)"
-	@echo "  JOBS=N|auto SHARD=i/n N guests at once (default 1); the i-th of n slices"
+	@echo "  JOBS=N|auto|lanes SHARD=i/n N guests at once (default lanes: self-tests"
+	@echo "                      and scenarios side by side); the i-th of n slices"
 	@echo "make test-kernels     make test on every supported kernel in turn (results/<kernel>/)"
 	@echo "make report [ARGS=--open]  the latest run: failures with their evidence, index.html"
 	@echo "make test-fast        unit tests only (no VM)"
@@ -73,7 +75,7 @@ demo: setup
 	$(BPFPM) demo
 
 test: setup
-	$(BPFPM) test --jobs=$(or $(JOBS),1) $(SHARDING) $(ARGS)
+	$(BPFPM) test --jobs=$(or $(JOBS),lanes) $(SHARDING) $(ARGS)
 
 # every kernel in turn, each in its own results/<kernel>/ (results/<kernel>/latest);
 # fails if any kernel's run failed, after running them all
@@ -81,7 +83,7 @@ test-kernels: setup
 	@failed=""; for k in $$($(BPFPM) kernel list --names); do \
 		echo "== kernel $$k: results in $(RESULTS)/$$k/"; \
 		BPFPM_KERNEL=$$k BPFPM_RESULTS=$(RESULTS)/$$k \
-			$(BPFPM) test --jobs=$(or $(JOBS),1) $(SHARDING) $(ARGS) || failed="$$failed $$k"; \
+			$(BPFPM) test --jobs=$(or $(JOBS),lanes) $(SHARDING) $(ARGS) || failed="$$failed $$k"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "test-kernels: failed on:$$failed"; exit 1; fi; \
 	echo "test-kernels: passed on every kernel"

@@ -137,8 +137,8 @@ def cmd_test(a) -> int:
             jobs = args[i + 1]
             del args[i:i + 2]
             break
-    if jobs is not None and jobs != "auto" and not jobs.isdigit():
-        log.error(f"--jobs {jobs}: expected a number or auto")
+    if jobs is not None and jobs not in ("auto", "lanes") and not jobs.isdigit():
+        log.error(f"--jobs {jobs}: expected a number, auto or lanes")
         return 2
     return runner.run_pytest(args, jobs)
 
@@ -255,8 +255,10 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_demo)
 
     t = sub.add_parser("test", help="run pytest (unit tests + VM scenarios) into results/",
-                       description="--jobs N|auto runs N guests at once (pytest-xdist, "
-                       "one guest per worker; auto: one per core, 3 GiB each); any other "
+                       description="--jobs N|auto|lanes runs N guests at once (pytest-xdist, "
+                       "one guest per worker; auto: one per core, 3 GiB each; lanes, "
+                       "`make test`'s default: two guests, the framework's self-tests on "
+                       "one, the scenarios one at a time on the other); any other "
                        "arguments go to pytest, e.g. `bpfpm test -k fallback "
                        "vmtests/test_hooks.py`, `--shard=2/3` for a slice of the suite.")
     t.add_argument("pytest_args", nargs="*", help="pytest arguments (default: the whole suite)")

@@ -56,8 +56,8 @@ def guest_cpus_for(guests: int) -> int:
     or the host's cores shared among `guests`. The suite waits more than it
     computes (one guest used 27 % of this 2-core host): two guests of 2
     vCPUs each (BPFPM_VCPUS=2 JOBS=2) ran it in 5 min 14 s-6 min 33 s
-    against 7 min 30 s for one, but 1 run in 6 lost a timing race there
-    that the default must not (see README, JOBS)."""
+    against 7 min 30 s for one, but 1 run in 6 lost a timing race there;
+    `make test`'s two lanes (bpfpm.lanes) keep scenarios apart instead."""
     want = os.environ.get("BPFPM_VCPUS", "")
     if want:
         if not want.isdigit() or int(want) < 1:

@@ -109,18 +109,36 @@ def pytest(argv: list[str], run: Path, cwd: Path | None = None) -> int:
 
 def run_pytest(args: list[str], jobs: str | None = None) -> int:
     """`bpfpm test`: build first, then pytest into a new run directory;
-    `jobs` guests at once (a number, or "auto": host.test_jobs())."""
+    `jobs` guests at once (a number, "auto": host.test_jobs(), or "lanes":
+    lanes_args())."""
     with session.run_dir("test") as run:
         log.step(f"results: {run}")
         if needs_vm(args):
             log.step(f"kernel {kernels.current().name} (BPFPM_KERNEL; make KERNEL=)")
             session.build_all()
+            if jobs == "lanes":
+                args = lanes_args(args)
+                jobs = None
             n = host.test_jobs() if jobs == "auto" else int(jobs or 1)
             if n > 1:
                 log.step(f"{n} guests at once (pytest-xdist; --jobs 1 for one at a time), "
                          f"{host.guest_cpus_for(n)} vCPU each")
                 args = ["-n", str(n), *args]
         return pytest([*report_args(run), *args], run)
+
+
+def lanes_args(args: list[str]) -> list[str]:
+    """--jobs lanes: the framework's self-tests and the scenarios on two
+    workers (bpfpm.lanes), each guest with the vCPUs one guest alone would
+    have; one worker where the host has a single core or under 6 GiB."""
+    if host.test_jobs() < 2:
+        log.step("one guest at a time: this host has one core or under 6 GiB "
+                 "(--jobs lanes needs two guests)")
+        return args
+    os.environ.setdefault("BPFPM_VCPUS", str(host.guest_cpus_for(1)))
+    log.step(f"two lanes (pytest-xdist): framework self-tests and scenarios, one guest "
+             f"each of {os.environ['BPFPM_VCPUS']} vCPU; --jobs 1 for one at a time")
+    return ["-n", "2", "--lanes", *args]
 
 
 def report_args(run: Path) -> list[str]:
