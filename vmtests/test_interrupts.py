@@ -58,13 +58,14 @@ def _pid(f):
                                             (signal.SIGTERM, "boot", 1),
                                             (signal.SIGINT, "test", 2)],
                          ids=["ctrl-c-during-a-test", "sigterm-during-boot",
-                              "ctrl-c-with-2-guests"])
+                              "ctrl-c-in-make-tests-two-lanes"])
 def test_interrupt_ends_every_process_and_keeps_results(kernel, tmp_path, sig, stage, jobs,
                                                        measure):
     env = {k: v for k, v in os.environ.items() if k != "BPFPM_RUN_DIR"}
     env["BPFPM_RESULTS"] = str(tmp_path)
     out = open(tmp_path / "outer.log", "wb")
-    spread = ["-n", str(jobs)] if jobs > 1 else []
+    # two guests: `make test`'s lanes (bpfpm.lanes), a file of each lane
+    spread = ["--jobs", "lanes", "vmtests/test_lifecycle.py"] if jobs > 1 else []
     p = subprocess.Popen([sys.executable, "-m", "bpfpm.cli", "test", *spread,
                           "vmtests/test_kernel_pm.py"],
                          cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
