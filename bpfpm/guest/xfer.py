@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -47,6 +48,10 @@ def _write_json(path: str, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+# recv()'s errors for a peer that is gone
+GONE = (errno.ECONNRESET, errno.ENOTCONN)
+
+
 def server(a) -> int:
     fam = socket.AF_INET6 if a.family == 6 else socket.AF_INET
     ls = socket.socket(fam, socket.SOCK_STREAM, _proto(a.proto))
@@ -65,7 +70,11 @@ def server(a) -> int:
         while True:
             try:
                 data = conn.recv(1 << 20)
-            except ConnectionResetError:    # a client that disconnected
+            except OSError as e:
+                # a client that disconnected: reset, or (MPTCP) closed by
+                # its MP_FASTCLOSE before the accept, without an error left
+                if e.errno not in GONE:
+                    raise
                 data = b""
             if not data:
                 break
@@ -79,8 +88,9 @@ def server(a) -> int:
         info = mptcpinfo.connection(conn)
         try:
             conn.sendall(h.digest())
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        except OSError as e:
+            if e.errno not in GONE + (errno.EPIPE,):
+                raise
         conn.close()
         reports.append({"peer": list(peer[:2]), "bytes": n, "digest": h.hexdigest(),
                         "seconds": round(time.monotonic() - t0, 3), "conn": info,
