@@ -8,6 +8,7 @@ re-measures it in a throw-away cache (10+ minutes).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import statistics
@@ -15,6 +16,15 @@ import tempfile
 import time
 
 from . import build, host, log, results, session
+
+
+def host_probe_ms() -> float:
+    """A fixed amount of host CPU work (SHA-256 of 64 MiB, best of 3), in
+    ms: recorded beside each figure, so figures taken hours or days apart
+    on this noisy host can be compared (the same code booted in 3.5 s one
+    hour and 5.2 s another)."""
+    blob = bytes(64 << 20)
+    return round(min(_timeit(lambda: hashlib.sha256(blob).digest(), 3)) * 1000, 1)
 
 
 def _timeit(fn, n: int) -> list[float]:
@@ -57,7 +67,7 @@ def main(a) -> int:
 
 
 def _bench(a, run) -> int:
-    res: dict = {"accel": host.accel()}
+    res: dict = {"accel": host.accel(), "host_probe_ms": host_probe_ms()}
     if a.cold:
         with tempfile.TemporaryDirectory(prefix="bpfpm-cold-") as d:
             old = os.environ.get("BPFPM_CACHE")
@@ -89,6 +99,7 @@ def _bench(a, run) -> int:
                 res["cmd_roundtrip_ms_p95"] = round(sorted(rt)[189] * 1000, 2)
                 at = _timeit(lambda: vm.call("ping"), 100)
                 res["agent_roundtrip_ms_median"] = round(statistics.median(at) * 1000, 2)
+    res["host_probe_ms_after"] = host_probe_ms()      # did the host drift meanwhile
     res["boot_to_agent_s"] = [round(b, 2) for b in boots]
     res["boot_to_agent_s_median"] = round(statistics.median(boots), 2)
     # where the boot's seconds go: the guest's clock, from the kernel's start
