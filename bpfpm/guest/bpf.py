@@ -1,5 +1,6 @@
-"""Load, attach and inspect BPF programs in the guest with bpftool (maps
-are read with libbpf, see map_dump).
+"""Load, attach and inspect BPF programs in the guest: loaded and pinned
+by bpftool, attached and detached, and their maps read, with libbpf (see
+map_dump).
 
 Objects are pinned under /sys/fs/bpf/bpfpm/<name>/ (prog + maps/) and
 attached to the root cgroup v2 as BPF_CGROUP_SOCK_OPS.
@@ -7,6 +8,7 @@ attached to the root cgroup v2 as BPF_CGROUP_SOCK_OPS.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -59,16 +61,16 @@ def load(obj: str, name: str) -> None:
 
 
 def attach(name: str) -> None:
-    _bpftool("cgroup", "attach", CGROUP, "sock_ops", "pinned", f"{PIN_ROOT}/{name}/prog",
-             "multi")
+    libbpf.cgroup_sock_ops(f"{PIN_ROOT}/{name}/prog", CGROUP, attach=True)
 
 
 def unload(name: str) -> None:
     d = f"{PIN_ROOT}/{name}"
     try:
-        _bpftool("cgroup", "detach", CGROUP, "sock_ops", "pinned", f"{d}/prog")
-    except BpftoolError:
-        pass  # not attached
+        libbpf.cgroup_sock_ops(f"{d}/prog", CGROUP, attach=False)
+    except OSError as e:
+        if e.errno != errno.ENOENT:     # not loaded, or not attached
+            raise
     shutil.rmtree(d, ignore_errors=True)
 
 
