@@ -2,8 +2,9 @@
 
 Build: vmlinux.h from the built kernel's BTF (bpftool btf dump), then clang
 -target bpf for each bpf-pms/*.bpf.c, into the cache dir keyed by the
-kernel build (nothing lands in the checkout). Load/attach: bpftool in the
-guest (prog load + pinmaps, cgroup attach sock_ops), through the agent.
+kernel build (nothing lands in the checkout). Load/attach, in the guest
+through the agent: bpftool prog load + pinmaps, then a sock_ops cgroup
+attach by libbpf (bpfpm.guest.bpf).
 """
 
 from __future__ import annotations
