@@ -39,7 +39,7 @@ help:
 	@echo "make test-faults      the long fault injections: Ctrl-C during a build, two runs at once"
 	@echo "make vmtest T=expr    VM scenarios matching a pytest -k expression"
 	@echo "make bench [BENCH=smoke]  BPF PM vs in-kernel vs userspace: latency, burst, goodput, cps"
-	@echo "make bench-framework  measure build/boot/command speed targets"
+	@echo "make bench-framework [ARGS=--cold]  build/boot/command speed targets (--cold: + an empty-cache build)"
 	@echo "make debug-test       BPF PM scenarios on the debug kernel (KASAN, lockdep, kmemleak; long)"
 	@echo "make fuzz             100000 random kfunc calls from every op, debug kernel (FUZZ_CALLS=N)"
 	@echo "make soak             churn for SOAK_S seconds (default 60) on the debug kernel"
@@ -128,7 +128,7 @@ bench: setup
 	$(BPFPM) bench --size $(or $(BENCH),full)
 
 bench-framework: setup
-	$(BPFPM) bench-framework
+	$(BPFPM) bench-framework $(ARGS)
 
 bisect: setup
 	$(BPFPM) bisect --good "$(GOOD)" --bad "$(BAD)" $(if $(APPLY_SERIES),--apply-series) \
