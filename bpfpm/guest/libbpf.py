@@ -7,9 +7,8 @@ formats the whole map as JSON (0.9 s under TCG for the event recorder's
 0.12 s of exec under TCG. A program that traces for as long as a process
 runs, map reads (formatted from the map's BTF as bpftool formats them,
 dump()), and the cgroup attach and detach of every test's PM call libbpf
-itself. Debian 12
-ships libbpf 1.1 (libbpf1); its Python binding does not exist, hence
-ctypes.
+itself. Debian 12 ships libbpf 1.1 (libbpf1); its Python binding does not
+exist, hence ctypes.
 """
 
 from __future__ import annotations
